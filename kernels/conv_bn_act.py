@@ -1,0 +1,302 @@
+"""Implicit-GEMM convolution with a fused epilogue, over NHWC activations.
+
+    out = act(conv(x, W) [+ conv1x1_s(xs, Ws)] + bias [+ residual])
+
+GEMM view, per group g:  M = N*OH*OW output pixels,  N = C_out/groups channels,
+K = KH*KW*C_in/groups.  Each program owns a BLOCK_M x BLOCK_N tile of the output and
+accumulates in fp32; the epilogue adds the (folded BatchNorm) bias, the optional residual,
+applies the optional ReLU, casts and stores once.  The optional shortcut is a second 1x1
+convolution accumulated into the same tile (the downsample branch of a ResNet block), so
+its output never touches memory.
+
+Weights arrive packed as ``[KH*KW*C_in/groups, C_out]`` (row = (kh*KW + kw)*Cin_g + ci),
+the order the K loop walks, so every weight tile is one contiguous strip of rows.
+
+Two ways to walk K, chosen by the constexpr ``GATHER_K``:
+  * tap-major (default): for each filter tap, BLOCK_K input channels at a time.  One bounds
+    check per tap and row; the channel loads are contiguous NHWC vectors.
+  * flattened (``GATHER_K``): K is walked as one range and each k is decoded into
+    (kh, kw, ci).  Used when C_in per group is small (the 3-channel stem, ResNeXt groups),
+    where the tap-major walk would leave most of every BLOCK_K >= 16 tile empty.
+"""
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+# triton.jit hands out interpreted functions exactly when this variable is set at import.
+INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+# Curated GPU configs.  They are tried per geometry (the autotune key) on first use.
+GPU_CONFIGS = [
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64}, num_warps=8, num_stages=3),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 64}, num_warps=4, num_stages=4),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64}, num_warps=4, num_stages=4),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64}, num_warps=4, num_stages=4),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32}, num_warps=4, num_stages=4),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_K": 32}, num_warps=2, num_stages=4),
+]
+
+AUTOTUNE_KEY = [
+    "M", "C_in", "H", "W", "C_out", "C_short",
+    "KH", "KW", "STRIDE", "PAD", "DIL", "GROUPS", "STRIDE_SHORT", "GATHER_K",
+    "HAS_SHORTCUT", "HAS_RESIDUAL", "RELU", "DOT_PRECISION",
+]
+
+# Below this many input channels per group the flattened K walk wastes less of each tile.
+GATHER_K_BELOW = 16
+
+
+@triton.jit
+def _conv_bn_act_kernel(
+    x_ptr,      # [N, H, W, C_in]            activations, NHWC contiguous
+    w_ptr,      # [KH*KW*C_in/GROUPS, C_out] packed folded weight
+    bias_ptr,   # [C_out] fp32               folded bias (plus the shortcut's)
+    xs_ptr,     # [N, HS, WS, C_short]       shortcut input (if HAS_SHORTCUT)
+    ws_ptr,     # [C_short, C_out]           packed folded shortcut weight (if HAS_SHORTCUT)
+    res_ptr,    # [N, OH, OW, C_out]         residual (if HAS_RESIDUAL)
+    out_ptr,    # [N, OH, OW, C_out]         output
+    M, H, W, C_in, OH, OW, C_out, HS, WS, C_short,
+    KH: tl.constexpr, KW: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr,
+    DIL: tl.constexpr, GROUPS: tl.constexpr, STRIDE_SHORT: tl.constexpr,
+    GATHER_K: tl.constexpr, HAS_SHORTCUT: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+    RELU: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    cin_g = C_in // GROUPS
+    cout_g = C_out // GROUPS
+
+    # Programs that share an M tile (the same input pixels) run next to each other, so the
+    # input rows they all read stay in L2 while the N tiles sweep the (small) weight.
+    pid = tl.program_id(0)
+    num_n = tl.cdiv(cout_g, BLOCK_N)
+    pid_m = pid // num_n
+    pid_n = pid % num_n
+    group = tl.program_id(1)
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    m_mask = offs_m < M
+    ow = offs_m % OW
+    oh = (offs_m // OW) % OH
+    # int64 from here on: N*H*W*C can pass 2**31 for large batches of large images.
+    img = (offs_m // (OW * OH)).to(tl.int64)
+
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < cout_g
+    co = group * cout_g + offs_n
+    offs_k = tl.arange(0, BLOCK_K)
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+
+    if GATHER_K:
+        k_total = KH * KW * cin_g
+        for k0 in range(0, k_total, BLOCK_K):
+            k = k0 + offs_k
+            k_mask = k < k_total
+            ci = k % cin_g
+            tap = k // cin_g
+            ih = oh[:, None] * STRIDE - PAD + (tap // KW)[None, :] * DIL
+            iw = ow[:, None] * STRIDE - PAD + (tap % KW)[None, :] * DIL
+            a_mask = (m_mask[:, None] & k_mask[None, :]
+                      & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W))
+            a_off = ((img[:, None] * H + ih) * W + iw) * C_in + group * cin_g + ci[None, :]
+            a = tl.load(x_ptr + a_off, mask=a_mask, other=0.0)
+            b = tl.load(w_ptr + k[:, None] * C_out + co[None, :],
+                        mask=k_mask[:, None] & n_mask[None, :], other=0.0)
+            if UPCAST_DOT:
+                a = a.to(tl.float32)
+                b = b.to(tl.float32)
+            acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+    else:
+        for kh in tl.static_range(KH):
+            ih = oh * STRIDE - PAD + kh * DIL
+            for kw in tl.static_range(KW):
+                iw = ow * STRIDE - PAD + kw * DIL
+                row_mask = m_mask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+                row_off = ((img * H + ih) * W + iw) * C_in + group * cin_g
+                w_row = (kh * KW + kw) * cin_g
+                for c0 in range(0, cin_g, BLOCK_K):
+                    c = c0 + offs_k
+                    c_mask = c < cin_g
+                    a = tl.load(x_ptr + row_off[:, None] + c[None, :],
+                                mask=row_mask[:, None] & c_mask[None, :], other=0.0)
+                    b = tl.load(w_ptr + (w_row + c)[:, None] * C_out + co[None, :],
+                                mask=c_mask[:, None] & n_mask[None, :], other=0.0)
+                    if UPCAST_DOT:
+                        a = a.to(tl.float32)
+                        b = b.to(tl.float32)
+                    acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+
+    if HAS_SHORTCUT:
+        # 1x1 convolution, stride STRIDE_SHORT, no padding: always inside the image.
+        s_off = ((img * HS + oh * STRIDE_SHORT) * WS + ow * STRIDE_SHORT) * C_short
+        for c0 in range(0, C_short, BLOCK_K):
+            c = c0 + offs_k
+            c_mask = c < C_short
+            a = tl.load(xs_ptr + s_off[:, None] + c[None, :],
+                        mask=m_mask[:, None] & c_mask[None, :], other=0.0)
+            b = tl.load(ws_ptr + c[:, None] * C_out + co[None, :],
+                        mask=c_mask[:, None] & n_mask[None, :], other=0.0)
+            if UPCAST_DOT:
+                a = a.to(tl.float32)
+                b = b.to(tl.float32)
+            acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+
+    acc += tl.load(bias_ptr + co, mask=n_mask, other=0.0)[None, :]
+    out_off = offs_m.to(tl.int64)[:, None] * C_out + co[None, :]
+    out_mask = m_mask[:, None] & n_mask[None, :]
+    if HAS_RESIDUAL:
+        acc += tl.load(res_ptr + out_off, mask=out_mask, other=0.0).to(tl.float32)
+    if RELU:
+        acc = tl.maximum(acc, 0.0)
+    tl.store(out_ptr + out_off, acc.to(out_ptr.dtype.element_ty), mask=out_mask)
+
+
+_conv_bn_act_tuned = triton.autotune(configs=GPU_CONFIGS, key=AUTOTUNE_KEY)(_conv_bn_act_kernel)
+
+
+def interpreter_config(cin_g, cout_g, m, gather_k, k_total):
+    """The one config used under the interpreter: few, large programs (it pays per program
+    and per loop step, not per element)."""
+    block_k = k_total if gather_k else cin_g
+    return {
+        "BLOCK_M": min(128, max(16, triton.next_power_of_2(m))),
+        "BLOCK_N": min(128, max(16, triton.next_power_of_2(cout_g))),
+        "BLOCK_K": min(128, max(16, triton.next_power_of_2(block_k))),
+    }
+
+
+def _check_activation(name, t, device, dtype):
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() != 4:
+        raise ValueError(f"{name} must be 4-D (N, C, H, W), got shape {tuple(t.shape)}")
+    if t.device != device:
+        raise ValueError(f"{name} is on {t.device} but the input is on {device}")
+    if t.dtype != dtype:
+        raise TypeError(f"{name} has dtype {t.dtype} but the input has dtype {dtype}")
+
+
+def _check_packed(name, t, rows, c_out, device, dtype):
+    if t.shape != (rows, c_out):
+        raise ValueError(f"{name} must have shape {(rows, c_out)} (packed "
+                         f"[KH*KW*C_in/groups, C_out]), got {tuple(t.shape)}")
+    if t.device != device:
+        raise ValueError(f"{name} is on {t.device} but the input is on {device}")
+    if t.dtype != dtype:
+        raise TypeError(f"{name} has dtype {t.dtype} but the input has dtype {dtype}")
+    if not t.is_contiguous():
+        raise ValueError(f"{name} must be contiguous")
+
+
+def _out_size(size, k, stride, pad, dil):
+    return (size + 2 * pad - dil * (k - 1) - 1) // stride + 1
+
+
+def conv_bn_act(x, weight, bias, *, kernel_size, stride=1, padding=0, dilation=1, groups=1,
+                relu=True, residual=None, shortcut=None, out=None, allow_tf32=None):
+    """Launch ``act(conv(x, weight) [+ shortcut] + bias [+ residual])``.
+
+    x:        [N, C_in, H, W], any memory format (made channels_last; free if it already is).
+    weight:   packed ``[KH*KW*C_in/groups, C_out]``, same dtype as ``x`` (see pack_weight).
+    bias:     ``[C_out]`` float32.
+    shortcut: optional ``(xs, ws, stride_s)``: a 1x1 convolution of ``xs`` ([N, C_s, HS, WS])
+              with packed weight ``ws`` ([C_s, C_out]) added into the same accumulator; its
+              bias must already be included in ``bias``.
+    residual: optional tensor of the output's shape, added before the ReLU.
+    out:      optional preallocated output (channels_last, output shape and dtype).
+    allow_tf32: fp32 inputs only; defaults to ``torch.backends.cudnn.allow_tf32`` so that the
+              kernel rounds like eager cuDNN.
+    Returns the output as a channels_last [N, C_out, OH, OW] tensor.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(f"input must be 4-D (N, C, H, W), got shape {tuple(x.shape)}")
+    if x.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"unsupported input dtype {x.dtype}; expected one of "
+                        f"{', '.join(str(d) for d in SUPPORTED_DTYPES)}")
+    device, dtype = x.device, x.dtype
+    kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
+    for name, value in (("stride", stride), ("padding", padding), ("dilation", dilation)):
+        if not isinstance(value, int):
+            raise TypeError(f"{name} must be an int (square), got {value!r}")
+    n, c_in, h, w = x.shape
+    if groups < 1 or c_in % groups:
+        raise ValueError(f"input has {c_in} channels, not divisible by groups={groups}")
+    cin_g = c_in // groups
+    c_out = weight.shape[1] if weight.dim() == 2 else -1
+    if weight.dim() != 2 or c_out % groups:
+        raise ValueError(f"weight must be packed [KH*KW*C_in/groups, C_out] with C_out "
+                         f"divisible by groups={groups}, got shape {tuple(weight.shape)}")
+    if weight.shape[0] != kh * kw * cin_g:
+        raise ValueError(f"channel mismatch: input has {c_in} channels ({cin_g} per group), so "
+                         f"the packed {kh}x{kw} weight needs {kh * kw * cin_g} rows, "
+                         f"got {weight.shape[0]}")
+    _check_packed("weight", weight, kh * kw * cin_g, c_out, device, dtype)
+    if bias.shape != (c_out,) or bias.dtype != torch.float32 or bias.device != device:
+        raise ValueError(f"bias must be a float32 [{c_out}] tensor on {device}, got "
+                         f"{bias.dtype} {tuple(bias.shape)} on {bias.device}")
+    oh, ow = _out_size(h, kh, stride, padding, dilation), _out_size(w, kw, stride, padding, dilation)
+    if oh < 1 or ow < 1:
+        raise ValueError(f"input of size {h}x{w} is too small for a {kh}x{kw} kernel with "
+                         f"stride {stride}, padding {padding}, dilation {dilation}")
+    out_shape = (n, c_out, oh, ow)
+
+    x = x.contiguous(memory_format=torch.channels_last)
+    if shortcut is not None:
+        xs, ws, stride_s = shortcut
+        _check_activation("shortcut input", xs, device, dtype)
+        c_short = xs.shape[1]
+        _check_packed("shortcut weight", ws, c_short, c_out, device, dtype)
+        hs, wsz = xs.shape[2:]
+        if xs.shape[0] != n or (_out_size(hs, 1, stride_s, 0, 1),
+                                _out_size(wsz, 1, stride_s, 0, 1)) != (oh, ow):
+            raise ValueError(f"shortcut input of shape {tuple(xs.shape)} with stride {stride_s} "
+                             f"does not produce the output's shape {out_shape}")
+        xs = xs.contiguous(memory_format=torch.channels_last)
+    else:
+        xs, ws, stride_s, c_short, hs, wsz = x, weight, 1, 0, 0, 0
+    if residual is not None:
+        _check_activation("residual", residual, device, dtype)
+        if tuple(residual.shape) != out_shape:
+            raise ValueError(f"residual has shape {tuple(residual.shape)} but the convolution "
+                             f"produces {out_shape}")
+        residual = residual.contiguous(memory_format=torch.channels_last)
+    if out is None:
+        out = torch.empty(out_shape, device=device, dtype=dtype, memory_format=torch.channels_last)
+    else:
+        _check_activation("out", out, device, dtype)
+        if tuple(out.shape) != out_shape or not out.is_contiguous(memory_format=torch.channels_last):
+            raise ValueError(f"out must be a channels_last tensor of shape {out_shape}")
+    if n == 0:
+        return out
+
+    if allow_tf32 is None:
+        allow_tf32 = torch.backends.cudnn.allow_tf32
+    m = n * oh * ow
+    cout_g = c_out // groups
+    gather_k = cin_g < GATHER_K_BELOW
+    args = (x, weight, bias, xs, ws, residual if residual is not None else out, out,
+            m, h, w, c_in, oh, ow, c_out, hs, wsz, c_short)
+    consts = dict(
+        KH=kh, KW=kw, STRIDE=stride, PAD=padding, DIL=dilation, GROUPS=groups,
+        STRIDE_SHORT=stride_s, GATHER_K=gather_k, HAS_SHORTCUT=shortcut is not None,
+        HAS_RESIDUAL=residual is not None, RELU=relu,
+        DOT_PRECISION="tf32" if dtype == torch.float32 and allow_tf32 else "ieee",
+        # The interpreter's tl.dot runs on NumPy, which has no bfloat16.
+        UPCAST_DOT=INTERPRETED and dtype == torch.bfloat16,
+    )
+
+    def grid(meta):
+        return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(cout_g, meta["BLOCK_N"]), groups)
+
+    if INTERPRETED:
+        config = interpreter_config(cin_g, cout_g, m, gather_k, kh * kw * cin_g)
+        _conv_bn_act_kernel[grid](*args, **consts, **config)
+    else:
+        _conv_bn_act_tuned[grid](*args, **consts)
+    return out
