@@ -1,0 +1,114 @@
+"""BatchNorm folding and the cache of folded weights that can never go stale."""
+from typing import NamedTuple, Optional
+
+import torch
+from torch import nn
+
+from .kernels import pack_weight
+
+
+def fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d):
+    """Fold eval-mode ``bn(conv(x))`` into one convolution, computed in float32.
+
+    Returns ``(weight, bias)`` with ``weight = W * s`` per output channel and
+    ``bias = beta + (conv_bias - mean) * s``, ``s = gamma / sqrt(var + eps)``.  Folding in
+    half precision loses accuracy, so the caller casts only the result.
+    """
+    if bn.running_mean is None or bn.running_var is None:
+        raise ValueError("cannot fold a BatchNorm2d without running statistics "
+                         "(track_running_stats=False); it normalises with batch statistics")
+    with torch.no_grad():
+        w = conv.weight.float()
+        mean, var = bn.running_mean.float(), bn.running_var.float()
+        gamma = bn.weight.float() if bn.weight is not None else torch.ones_like(mean)
+        beta = bn.bias.float() if bn.bias is not None else torch.zeros_like(mean)
+        scale = gamma * torch.rsqrt(var + bn.eps)
+        conv_bias = conv.bias.float() if conv.bias is not None else torch.zeros_like(mean)
+        return w * scale.view(-1, 1, 1, 1), beta + (conv_bias - mean) * scale
+
+
+class Folded(NamedTuple):
+    """Weights of one fused launch in one dtype and layout.
+
+    ``weight``/``shortcut_weight`` are packed ``[KH*KW*C_in/groups, C_out]`` for the Triton
+    kernel, or plain ``[C_out, C_in/groups, KH, KW]`` for the torch path.  ``bias`` is float32
+    for the kernel (its epilogue works in float32) and in the activation dtype for torch.
+    ``bias`` includes the shortcut's folded bias.
+    """
+    weight: torch.Tensor
+    bias: torch.Tensor
+    shortcut_weight: Optional[torch.Tensor]
+
+
+class FoldCache:
+    """Folded weights of one fused launch, rebuilt whenever their sources change.
+
+    ``get`` takes the modules on every call rather than holding them, so replacing a
+    submodule (``block.conv1 = ...``) can never leave a fused model pointing at the old one.
+    The cache keeps a fingerprint of every tensor it folded: identity (data pointer, with the
+    old tensor held so its address cannot be reused by a new one), version counter (bumped by
+    every in-place edit, ``load_state_dict`` included), dtype, device and shape, plus each
+    BatchNorm's ``eps``.  Any difference drops every cached variant.
+    """
+
+    def __init__(self):
+        self._fingerprint = None
+        self._held = ()
+        self._variants = {}
+
+    def get(self, pairs, dtype: torch.dtype, device: torch.device, packed: bool) -> Folded:
+        """``pairs``: ``[(conv, bn)]``, or ``[(conv, bn), (shortcut_conv, shortcut_bn)]``."""
+        sources = [t for conv, bn in pairs
+                   for t in (conv.weight, conv.bias, bn.weight, bn.bias,
+                             bn.running_mean, bn.running_var) if t is not None]
+        fingerprint = tuple(bn.eps for _, bn in pairs) + tuple(
+            (t.data_ptr(), t._version, t.dtype, t.device, t.shape) for t in sources)
+        if fingerprint != self._fingerprint:
+            for conv, bn in pairs:
+                check_foldable(conv, bn)
+            self._variants.clear()
+            self._held = tuple(t.detach() for t in sources)
+            self._fingerprint = fingerprint
+        key = (dtype, device, packed)
+        if key not in self._variants:
+            self._variants[key] = _build(pairs, dtype, device, packed)
+        return self._variants[key]
+
+
+def _build(pairs, dtype, device, packed) -> Folded:
+    weight, bias = fold_bn(*pairs[0])
+    shortcut_weight = None
+    if len(pairs) > 1:
+        shortcut_weight, shortcut_bias = fold_bn(*pairs[1])
+        bias = bias + shortcut_bias
+    with torch.no_grad():
+        if packed:
+            cast = (lambda w: pack_weight(w, dtype).to(device))
+            bias = bias.to(device)
+        else:
+            cast = (lambda w: w.to(device=device, dtype=dtype))
+            bias = bias.to(device=device, dtype=dtype)
+        return Folded(cast(weight), bias, None if shortcut_weight is None else cast(shortcut_weight))
+
+
+def check_foldable(conv, bn, where: str = "") -> None:
+    """Raise a ValueError naming ``where`` unless ``bn(conv(x))`` is something the fused
+    kernel computes: a zero-padded Conv2d with square stride/padding/dilation followed by a
+    BatchNorm2d over its output channels that tracks running statistics."""
+    at = f" at {where}" if where else ""
+    if not isinstance(conv, nn.Conv2d):
+        raise ValueError(f"expected nn.Conv2d{at}, got {type(conv).__name__}")
+    if not isinstance(bn, nn.BatchNorm2d):
+        raise ValueError(f"expected nn.BatchNorm2d{at}, got {type(bn).__name__}")
+    if isinstance(conv.padding, str) or conv.padding_mode != "zeros":
+        raise ValueError(f"unsupported padding {conv.padding!r}/{conv.padding_mode!r}{at}: "
+                         "only explicit zero padding is fused")
+    for name in ("stride", "padding", "dilation"):
+        value = getattr(conv, name)
+        if value[0] != value[1]:
+            raise ValueError(f"unsupported non-square {name} {tuple(value)}{at}")
+    if bn.num_features != conv.out_channels:
+        raise ValueError(f"BatchNorm2d has {bn.num_features} features but the convolution "
+                         f"has {conv.out_channels} output channels{at}")
+    if not bn.track_running_stats:
+        raise ValueError(f"BatchNorm2d without running statistics cannot be folded{at}")

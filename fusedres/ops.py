@@ -1,0 +1,96 @@
+"""One fused step, ``act(bn(conv(x)) [+ bn_s(conv_s(xs))] [+ residual])``, on the right backend.
+
+Backends, chosen per call from the input tensor:
+  * CUDA tensors: the Triton kernel.
+  * CPU tensors with ``TRITON_INTERPRET=1`` set before import: the same Triton kernel through
+    the interpreter (slow; it is how the kernels are verified without a GPU).
+  * other CPU tensors: the same folded computation through torch ops (folded conv, in-place
+    add and ReLU, channels_last), which skips eager's separate BatchNorm pass.
+"""
+import torch
+import torch.nn.functional as F
+
+from . import kernels
+
+
+def uses_triton(x: torch.Tensor) -> bool:
+    """Whether a fused step on ``x`` runs the Triton kernel (natively or interpreted)."""
+    return x.is_cuda or (kernels.INTERPRETED and x.device.type == "cpu")
+
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype eager PyTorch would convolve ``x`` in: the autocast dtype when autocast is
+    on for ``x``'s device, else ``x``'s own."""
+    device_type = x.device.type
+    if device_type in ("cuda", "cpu") and torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return x.dtype
+
+
+def records_autograd(x: torch.Tensor, *modules) -> bool:
+    """True when autograd would record a step on ``x`` through ``modules``: the fused
+    kernels have no backward, so the caller must run the eager graph to keep gradients."""
+    if not torch.is_grad_enabled():
+        return False
+    return x.requires_grad or any(p.requires_grad for m in modules for p in m.parameters())
+
+
+def check_input(x, conv, name="input"):
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(f"{name} must be 4-D (N, C, H, W), got shape {tuple(x.shape)}")
+    if x.shape[1] != conv.in_channels:
+        raise ValueError(f"{name} has {x.shape[1]} channels but the convolution expects "
+                         f"{conv.in_channels}")
+    if x.dtype not in kernels.SUPPORTED_DTYPES:
+        raise TypeError(f"unsupported {name} dtype {x.dtype}; expected one of "
+                        f"{', '.join(str(d) for d in kernels.SUPPORTED_DTYPES)}")
+
+
+def conv_bn_act(x, conv, bn, cache, *, relu, residual=None, shortcut=None):
+    """Eval-mode ``relu?(bn(conv(x)) [+ bn_s(conv_s(xs))] [+ residual])`` in one launch.
+
+    ``cache`` is the call site's ``FoldCache``; ``shortcut`` is ``(conv_s, bn_s, xs)``, a 1x1
+    convolution + BatchNorm of ``xs``.  Returns a channels_last tensor in the compute dtype
+    (see ``compute_dtype``).
+    """
+    check_input(x, conv)
+    dtype = compute_dtype(x)
+    x = x.to(dtype)
+    if residual is not None:
+        if not isinstance(residual, torch.Tensor):
+            raise TypeError(f"residual must be a torch.Tensor, got {type(residual).__name__}")
+        if torch.is_autocast_enabled(x.device.type) or residual.dtype == dtype:
+            residual = residual.to(dtype)
+        else:
+            raise TypeError(f"residual has dtype {residual.dtype} but the input has dtype {dtype}")
+    pairs = [(conv, bn)]
+    if shortcut is not None:
+        conv_s, bn_s, xs = shortcut
+        check_input(xs, conv_s, "shortcut input")
+        xs = xs.to(dtype)
+        pairs.append((conv_s, bn_s))
+
+    if uses_triton(x):
+        f = cache.get(pairs, dtype, x.device, packed=True)
+        return kernels.conv_bn_act(
+            x, f.weight, f.bias, kernel_size=conv.kernel_size, stride=conv.stride[0],
+            padding=conv.padding[0], dilation=conv.dilation[0], groups=conv.groups, relu=relu,
+            residual=residual,
+            shortcut=None if shortcut is None else (xs, f.shortcut_weight, conv_s.stride[0]))
+
+    f = cache.get(pairs, dtype, x.device, packed=False)
+    y = F.conv2d(x.contiguous(memory_format=torch.channels_last), f.weight, f.bias,
+                 conv.stride, conv.padding, conv.dilation, conv.groups)
+    if shortcut is not None:
+        y.add_(F.conv2d(xs.contiguous(memory_format=torch.channels_last),
+                        f.shortcut_weight, None, conv_s.stride))
+    if residual is not None:
+        if residual.shape != y.shape:
+            raise ValueError(f"residual has shape {tuple(residual.shape)} but the convolution "
+                             f"produces {tuple(y.shape)}")
+        y.add_(residual)
+    if relu:
+        y.relu_()
+    return y
