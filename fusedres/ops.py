@@ -10,7 +10,7 @@ Backends, chosen per call from the input tensor:
 import torch
 import torch.nn.functional as F
 
-from . import kernels
+from . import kernels, trace
 
 
 def uses_triton(x: torch.Tensor) -> bool:
@@ -18,13 +18,15 @@ def uses_triton(x: torch.Tensor) -> bool:
     return x.is_cuda or (kernels.INTERPRETED and x.device.type == "cpu")
 
 
+def _autocast_enabled(x: torch.Tensor) -> bool:
+    device_type = x.device.type
+    return device_type in ("cuda", "cpu") and torch.is_autocast_enabled(device_type)
+
+
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
     """The dtype eager PyTorch would convolve ``x`` in: the autocast dtype when autocast is
     on for ``x``'s device, else ``x``'s own."""
-    device_type = x.device.type
-    if device_type in ("cuda", "cpu") and torch.is_autocast_enabled(device_type):
-        return torch.get_autocast_dtype(device_type)
-    return x.dtype
+    return torch.get_autocast_dtype(x.device.type) if _autocast_enabled(x) else x.dtype
 
 
 def records_autograd(x: torch.Tensor, *modules) -> bool:
@@ -61,7 +63,7 @@ def conv_bn_act(x, conv, bn, cache, *, relu, residual=None, shortcut=None):
     if residual is not None:
         if not isinstance(residual, torch.Tensor):
             raise TypeError(f"residual must be a torch.Tensor, got {type(residual).__name__}")
-        if torch.is_autocast_enabled(x.device.type) or residual.dtype == dtype:
+        if _autocast_enabled(x) or residual.dtype == dtype:
             residual = residual.to(dtype)
         else:
             raise TypeError(f"residual has dtype {residual.dtype} but the input has dtype {dtype}")
@@ -71,6 +73,13 @@ def conv_bn_act(x, conv, bn, cache, *, relu, residual=None, shortcut=None):
         check_input(xs, conv_s, "shortcut input")
         xs = xs.to(dtype)
         pairs.append((conv_s, bn_s))
+
+    n, c_in, h, w = x.shape
+    trace.note(trace.LaunchSpec(
+        n, c_in, h, w, conv.out_channels, conv.kernel_size, conv.stride[0], conv.padding[0],
+        conv.dilation[0], conv.groups, relu, residual is not None,
+        None if shortcut is None else (xs.shape[1], xs.shape[2], xs.shape[3], conv_s.stride[0]),
+        dtype))
 
     if uses_triton(x):
         f = cache.get(pairs, dtype, x.device, packed=True)
