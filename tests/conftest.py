@@ -1,0 +1,75 @@
+"""Test set-up shared by the whole suite.
+
+Without a CUDA device the Triton kernels run through the interpreter on CPU tensors; that
+has to be decided before anything imports triton, which is why it happens here, at the top.
+"""
+import os
+import random
+
+import pytest
+import torch
+
+HAS_CUDA = torch.cuda.is_available()
+if not HAS_CUDA:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import fusedres  # noqa: E402  (after TRITON_INTERPRET is settled)
+
+DEVICE = torch.device("cuda" if HAS_CUDA else "cpu")
+
+
+def pytest_report_header(config):
+    return (f"fusedres tests on {DEVICE}"
+            f"{' (Triton interpreter)' if fusedres.kernels.INTERPRETED else ''}; "
+            f"torch {torch.__version__}")
+
+
+def pytest_collection_modifyitems(config, items):
+    if HAS_CUDA:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device; the same paths run under the "
+                                   "Triton interpreter in the CPU tests")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def seed(request):
+    """Fresh random data every run; the seed is printed (shown on failure) to replay it with
+    FUSEDRES_SEED=<seed>."""
+    value = int(os.environ.get("FUSEDRES_SEED", random.SystemRandom().randrange(2**31)))
+    torch.manual_seed(value)
+    print(f"FUSEDRES_SEED={value}  ({request.node.nodeid})")
+    return value
+
+
+@pytest.fixture
+def device():
+    return DEVICE
+
+
+@pytest.fixture(params=["triton", "torch"])
+def backend(request, monkeypatch):
+    """Forces the backend: 'torch' is the CPU path without the interpreter."""
+    if request.param == "torch":
+        if DEVICE.type != "cpu":
+            pytest.skip("the torch path serves CPU tensors only")
+        monkeypatch.setattr(fusedres.kernels, "INTERPRETED", False)
+    elif DEVICE.type == "cpu" and not fusedres.kernels.INTERPRETED:
+        pytest.skip("Triton on CPU needs TRITON_INTERPRET=1")
+    return request.param
+
+
+@pytest.fixture
+def count_launches(monkeypatch):
+    """Counts Triton kernel launches, so a test can prove the fused path really ran."""
+    calls = []
+    original = fusedres.kernels.conv_bn_act
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(fusedres.kernels, "conv_bn_act", counting)
+    return calls

@@ -1,0 +1,253 @@
+"""The conv_bn_act kernel against float64 F.conv2d, through its launcher.
+
+On a CPU-only machine this runs the Triton kernel under the interpreter (tests/conftest.py);
+on a GPU, natively.  Outputs are poisoned with NaN before every launch, so an element the
+kernel fails to write fails the test.
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fusedres.kernels import conv_bn_act, pack_weight
+
+from .conftest import DEVICE
+from .numerics import assert_close_to_reference, rel_tol
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+# (name, N, C_in, H, W, C_out, kernel, stride, padding, dilation, groups): every geometry the
+# ResNet family uses, at small spatial sizes and real channel counts.
+GEOMETRIES = [
+    ("stem 7x7/s2 C_in=3", 2, 3, 19, 17, 64, 7, 2, 3, 1, 1),
+    ("3x3/s1", 2, 64, 9, 9, 64, 3, 1, 1, 1, 1),
+    ("3x3/s2", 1, 64, 9, 11, 128, 3, 2, 1, 1, 1),
+    ("3x3/s1 dilation 2", 1, 64, 9, 9, 64, 3, 1, 2, 2, 1),
+    ("1x1/s1 expand", 3, 64, 7, 5, 256, 1, 1, 0, 1, 1),
+    ("1x1/s1 reduce", 1, 256, 7, 7, 64, 1, 1, 0, 1, 1),
+    ("1x1/s2 downsample", 1, 256, 9, 9, 512, 1, 2, 0, 1, 1),
+    ("grouped 3x3/s1 (resnext 32x4d)", 1, 128, 7, 7, 128, 3, 1, 1, 1, 32),
+    ("grouped 3x3/s2 (32 groups of 16)", 1, 512, 7, 7, 512, 3, 2, 1, 1, 32),
+]
+
+
+def _reference(x, w, b, stride, padding, dilation, groups, residual=None, shortcut=None,
+               relu=True):
+    """Float64 reference from the operands the kernel actually sees (already rounded)."""
+    d = torch.float64
+    ref = F.conv2d(x.to(d), w.to(d), b.to(d), stride, padding, dilation, groups)
+    if shortcut is not None:
+        xs, ws, stride_s = shortcut
+        ref = ref + F.conv2d(xs.to(d), ws.to(d), None, stride_s)
+    if residual is not None:
+        ref = ref + residual.to(d)
+    return ref.relu() if relu else ref
+
+
+def _launch(x, w, b, *, kernel, stride, padding, dilation, groups, relu, residual=None,
+            shortcut=None):
+    n, _, h, wd = x.shape
+    oh = (h + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+    ow = (wd + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+    out = torch.full((n, w.shape[0], oh, ow), float("nan"), dtype=x.dtype, device=x.device)
+    out = out.contiguous(memory_format=torch.channels_last)
+    packed_shortcut = None
+    if shortcut is not None:
+        xs, ws, stride_s = shortcut
+        packed_shortcut = (xs, pack_weight(ws, x.dtype), stride_s)
+    result = conv_bn_act(x, pack_weight(w, x.dtype), b.float(), kernel_size=kernel,
+                         stride=stride, padding=padding, dilation=dilation, groups=groups,
+                         relu=relu, residual=residual, shortcut=packed_shortcut, out=out,
+                         allow_tf32=False)
+    assert result.data_ptr() == out.data_ptr()
+    return result
+
+
+def _operands(n, c_in, h, w, c_out, kernel, groups, dtype):
+    x = torch.randn(n, c_in, h, w, device=DEVICE).to(dtype)
+    weight = (torch.randn(c_out, c_in // groups, kernel, kernel, device=DEVICE)
+              / (c_in // groups * kernel * kernel) ** 0.5).to(dtype)
+    bias = torch.randn(c_out, device=DEVICE)
+    return x, weight, bias
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=[g[0] for g in GEOMETRIES])
+@pytest.mark.parametrize("epilogue", ["relu", "residual+relu", "none"])
+def test_geometry_matches_float64(geometry, dtype, epilogue):
+    _, n, c_in, h, w, c_out, kernel, stride, padding, dilation, groups = geometry
+    x, weight, bias = _operands(n, c_in, h, w, c_out, kernel, groups, dtype)
+    relu = epilogue != "none"
+    ref = _reference(x, weight, bias, stride, padding, dilation, groups, relu=False)
+    residual = torch.randn_like(ref).to(dtype) if "residual" in epilogue else None
+    ref = _reference(x, weight, bias, stride, padding, dilation, groups, residual, relu=relu)
+    out = _launch(x, weight, bias, kernel=kernel, stride=stride, padding=padding,
+                  dilation=dilation, groups=groups, relu=relu, residual=residual)
+    assert out.dtype == dtype and out.is_contiguous(memory_format=torch.channels_last)
+    assert_close_to_reference(out, ref, rel_tol(dtype), f"{geometry[0]} {dtype} {epilogue}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("main,shortcut_geometry", [
+    # Bottleneck's last 1x1 conv with the downsample 1x1/s2 of the block input.
+    ((1, 128, 5, 5, 512, 1, 1, 0, 1), (256, 9, 9, 2)),
+    # BasicBlock's second 3x3 conv with a 1x1/s2 downsample.
+    ((2, 128, 5, 4, 128, 3, 1, 1, 1), (64, 10, 8, 2)),
+    # Stride-1 shortcut (layer1 of a Bottleneck network: 64 -> 256 channels).
+    ((1, 64, 7, 7, 256, 1, 1, 0, 1), (64, 7, 7, 1)),
+], ids=["bottleneck", "basic", "stride1"])
+def test_shortcut_fusion_matches_float64(main, shortcut_geometry, dtype):
+    n, c_in, h, w, c_out, kernel, stride, padding, groups = main
+    c_s, hs, ws_, stride_s = shortcut_geometry
+    x, weight, bias = _operands(n, c_in, h, w, c_out, kernel, groups, dtype)
+    xs = torch.randn(n, c_s, hs, ws_, device=DEVICE).to(dtype)
+    w_short = (torch.randn(c_out, c_s, 1, 1, device=DEVICE) / c_s ** 0.5).to(dtype)
+    ref = _reference(x, weight, bias, stride, padding, 1, groups, shortcut=(xs, w_short, stride_s))
+    out = _launch(x, weight, bias, kernel=kernel, stride=stride, padding=padding, dilation=1,
+                  groups=groups, relu=True, shortcut=(xs, w_short, stride_s))
+    assert_close_to_reference(out, ref, rel_tol(dtype), f"shortcut {dtype}")
+
+
+@st.composite
+def _geometries(draw):
+    groups = draw(st.sampled_from([1, 1, 2, 4]))
+    c_in = groups * draw(st.integers(1, 24))
+    c_out = groups * draw(st.integers(1, 24))
+    kernel = draw(st.sampled_from([1, 2, 3, 5, 7]))
+    stride = draw(st.integers(1, 3))
+    dilation = draw(st.integers(1, 2))
+    padding = draw(st.integers(0, 3))
+    reach = dilation * (kernel - 1) + 1
+    h = draw(st.integers(max(1, reach - 2 * padding), 13))
+    w = draw(st.integers(max(1, reach - 2 * padding), 13))
+    n = draw(st.integers(1, 3))
+    return n, c_in, h, w, c_out, kernel, stride, padding, dilation, groups
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(geometry=_geometries(), dtype=st.sampled_from(DTYPES), residual=st.booleans(),
+       relu=st.booleans())
+def test_fuzzed_geometries_match_float64(geometry, dtype, residual, relu):
+    n, c_in, h, w, c_out, kernel, stride, padding, dilation, groups = geometry
+    x, weight, bias = _operands(n, c_in, h, w, c_out, kernel, groups, dtype)
+    ref = _reference(x, weight, bias, stride, padding, dilation, groups, relu=False)
+    res = torch.randn_like(ref).to(dtype) if residual else None
+    ref = _reference(x, weight, bias, stride, padding, dilation, groups, res, relu=relu)
+    out = _launch(x, weight, bias, kernel=kernel, stride=stride, padding=padding,
+                  dilation=dilation, groups=groups, relu=relu, residual=res)
+    assert_close_to_reference(out, ref, rel_tol(dtype), f"{geometry} {dtype}")
+
+
+def test_batch_of_zero_returns_empty():
+    x, weight, bias = _operands(1, 8, 5, 5, 16, 3, 1, torch.float32)
+    out = conv_bn_act(x[:0], pack_weight(weight, torch.float32), bias, kernel_size=3, padding=1)
+    assert out.shape == (0, 16, 5, 5)
+
+
+def test_nchw_input_gives_channels_last_output():
+    x, weight, bias = _operands(2, 8, 5, 6, 16, 3, 1, torch.float32)
+    assert x.is_contiguous()  # NCHW
+    out = conv_bn_act(x, pack_weight(weight, torch.float32), bias, kernel_size=3, padding=1,
+                      allow_tf32=False)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert_close_to_reference(out, _reference(x, weight, bias, 1, 1, 1, 1), 1e-5)
+
+
+class TestLauncherRejectsBadInput:
+    def _args(self, dtype=torch.float32):
+        x, weight, bias = _operands(1, 8, 5, 5, 16, 3, 1, dtype)
+        return x, pack_weight(weight, dtype), bias
+
+    def test_non_tensor(self):
+        _, w, b = self._args()
+        with pytest.raises(TypeError, match="must be a torch.Tensor"):
+            conv_bn_act([[1.0]], w, b, kernel_size=3)
+
+    def test_not_4d(self):
+        x, w, b = self._args()
+        with pytest.raises(ValueError, match="4-D"):
+            conv_bn_act(x[0], w, b, kernel_size=3)
+
+    def test_unsupported_dtype(self):
+        x, w, b = self._args()
+        with pytest.raises(TypeError, match="unsupported input dtype torch.float64"):
+            conv_bn_act(x.double(), w, b, kernel_size=3)
+
+    def test_mismatched_dtypes(self):
+        x, w, b = self._args()
+        with pytest.raises(TypeError, match="weight has dtype torch.float16"):
+            conv_bn_act(x, w.half(), b, kernel_size=3)
+
+    def test_channel_mismatch(self):
+        x, w, b = self._args()
+        with pytest.raises(ValueError, match="channel mismatch: input has 4 channels"):
+            conv_bn_act(x[:, :4], w, b, kernel_size=3)
+
+    def test_groups_not_dividing_channels(self):
+        x, w, b = self._args()
+        with pytest.raises(ValueError, match="not divisible by groups=3"):
+            conv_bn_act(x, w, b, kernel_size=3, groups=3)
+
+    def test_different_devices(self):
+        x, w, b = self._args()
+        with pytest.raises(ValueError, match="weight is on meta"):
+            conv_bn_act(x, w.to("meta"), b, kernel_size=3)
+
+    def test_residual_of_wrong_shape(self):
+        x, w, b = self._args()
+        with pytest.raises(ValueError, match="residual has shape"):
+            conv_bn_act(x, w, b, kernel_size=3, padding=1, residual=torch.zeros(1, 16, 4, 4))
+
+    def test_residual_of_wrong_dtype(self):
+        x, w, b = self._args()
+        with pytest.raises(TypeError, match="residual has dtype torch.float16"):
+            conv_bn_act(x, w, b, kernel_size=3, padding=1,
+                        residual=torch.zeros(1, 16, 5, 5, dtype=torch.float16))
+
+    def test_bias_of_wrong_dtype(self):
+        x, w, b = self._args()
+        with pytest.raises(ValueError, match="bias must be a float32"):
+            conv_bn_act(x, w, b.half(), kernel_size=3)
+
+    def test_input_too_small(self):
+        x, w, b = self._args()
+        with pytest.raises(ValueError, match="too small"):
+            conv_bn_act(x[:, :, :2, :2], w, b, kernel_size=3)
+
+    def test_shortcut_of_wrong_shape(self):
+        x, w, b = self._args()
+        xs = torch.randn(1, 4, 7, 7)
+        ws = pack_weight(torch.randn(16, 4, 1, 1), torch.float32)
+        with pytest.raises(ValueError, match="shortcut input of shape"):
+            conv_bn_act(x, w, b, kernel_size=3, padding=1, shortcut=(xs, ws, 1))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_tf32_follows_cudnn_flag(dtype, monkeypatch):
+    """On a GPU, fp32 uses TF32 exactly when cuDNN would; TF32 stays within its tolerance and
+    IEEE within fp32's."""
+    geometry = GEOMETRIES[1]
+    _, n, c_in, h, w, c_out, kernel, stride, padding, dilation, groups = geometry
+    x, weight, bias = _operands(n, c_in, h, w, c_out, kernel, groups, dtype)
+    ref = _reference(x, weight, bias, stride, padding, dilation, groups)
+    for allow in (True, False):
+        monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", allow)
+        out = conv_bn_act(x, pack_weight(weight, dtype), bias, kernel_size=kernel,
+                          stride=stride, padding=padding)
+        assert_close_to_reference(out, ref, rel_tol(dtype, tf32=allow), f"tf32={allow}")
+
+
+@pytest.mark.gpu
+def test_int64_offsets_past_2_to_the_31():
+    """An input of more than 2**31 elements: the last image must be computed correctly."""
+    n, c, h, w = 2, 64, 2048, 8200  # 2 * 64 * 2048 * 8200 > 2**31
+    x = torch.randn(n, c, h, w, device="cuda", dtype=torch.float16)
+    x = x.contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(64, c, 1, 1, device="cuda", dtype=torch.float16) / 8
+    bias = torch.zeros(64, device="cuda")
+    out = conv_bn_act(x, pack_weight(weight, torch.float16), bias, kernel_size=1, relu=False)
+    tail = x[-1:, :, -4:, -4:]
+    ref = F.conv2d(tail.double(), weight.double())
+    assert_close_to_reference(out[-1:, :, -4:, -4:], ref, rel_tol(torch.float16), "tail")

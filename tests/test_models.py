@@ -1,0 +1,246 @@
+"""The fused ResNet family against torchvision's eager models."""
+import copy
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import fusedres
+
+from .conftest import DEVICE
+from .numerics import assert_close_to_reference, randomize_bn, rel_tol
+
+ALL_MODELS = list(fusedres.MODELS)
+SIZE = (33, 47)  # odd on purpose
+
+
+def _eager(name, **kwargs):
+    return randomize_bn(getattr(torchvision.models, name)(**kwargs)).eval()
+
+
+def _float64_reference(eager, x):
+    with torch.no_grad():
+        return copy.deepcopy(eager).double().cpu()(x.double().cpu())
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_constructor_matches_torchvision_torch_path(name, monkeypatch):
+    """Every constructor, loaded with torchvision's weights, on the CPU torch path."""
+    monkeypatch.setattr(fusedres.kernels, "INTERPRETED", False)
+    eager = _eager(name)
+    fused = fusedres.MODELS[name]()
+    fused.load_state_dict(eager.state_dict(), strict=True)
+    fused.eval()
+    x = torch.randn(1, 3, *SIZE)
+    with torch.inference_mode():
+        out = fused(x)
+    assert_close_to_reference(out, _float64_reference(eager, x), 1e-4, name)
+
+
+@pytest.mark.parametrize("name,dtype", [
+    ("resnet18", torch.float32), ("resnet50", torch.float32),
+    ("resnext50_32x4d", torch.float32), ("resnet18", torch.float16),
+    ("resnet50", torch.bfloat16),
+], ids=str)
+def test_fused_model_runs_triton_kernels(name, dtype, count_launches):
+    """Through the Triton kernels (interpreted on CPU): every conv is a launch, the
+    downsample shortcut rides inside its block's last launch, and the result is eager's."""
+    if DEVICE.type == "cpu" and not fusedres.kernels.INTERPRETED:
+        pytest.skip("Triton on CPU needs TRITON_INTERPRET=1")
+    eager = _eager(name)
+    fused = fusedres.fuse(eager).to(DEVICE, dtype)
+    x = torch.randn(2, 3, 31, 29, device=DEVICE, dtype=dtype)
+    with torch.no_grad():
+        out = fused(x)
+    blocks = [b for layer in (fused.layer1, fused.layer2, fused.layer3, fused.layer4) for b in layer]
+    convs_per_block = len(blocks[0]._PAIRS)
+    assert len(count_launches) == 1 + convs_per_block * len(blocks)
+    downsampling_blocks = 3 if name == "resnet18" else 4  # Bottleneck nets: layer1 too
+    assert sum(c["shortcut"] is not None for c in count_launches) == downsampling_blocks
+    eager_ref = copy.deepcopy(eager).to(dtype).double()  # eager with the rounded weights
+    tf32 = DEVICE.type == "cuda" and dtype == torch.float32 and torch.backends.cudnn.allow_tf32
+    tol = 1e-4 if dtype == torch.float32 and not tf32 else 10 * rel_tol(dtype, tf32)
+    assert_close_to_reference(out, eager_ref(x.double().cpu()), tol, f"{name} {dtype}")
+
+
+def test_fuse_keeps_state_dict_and_names():
+    eager = _eager("resnet50")
+    fused = fusedres.fuse(eager)
+    assert isinstance(fused, fusedres.FusedResNet)
+    assert isinstance(fused.layer1[0], fusedres.FusedBottleneck)
+    assert list(fused.state_dict()) == list(eager.state_dict())
+    for key, value in eager.state_dict().items():
+        assert torch.equal(fused.state_dict()[key], value), key
+    assert [n for n, _ in fused.named_modules()] == [n for n, _ in eager.named_modules()]
+    # fuse() copied: the eager model is untouched and independent.
+    with torch.no_grad():
+        fused.conv1.weight.zero_()
+    assert eager.conv1.weight.abs().sum() > 0
+
+
+def test_fuse_inplace_shares_parameters():
+    eager = _eager("resnet18")
+    fused = fusedres.fuse(eager, inplace=True)
+    assert fused.conv1.weight is eager.conv1.weight
+
+
+def test_state_dict_round_trips(tmp_path):
+    eager = _eager("resnext50_32x4d")
+    fused = fusedres.resnext50_32x4d()
+    fused.load_state_dict(eager.state_dict(), strict=True)
+    back = torchvision.models.resnext50_32x4d()
+    back.load_state_dict(fused.state_dict(), strict=True)
+    path = tmp_path / "weights.pt"
+    torch.save(eager.state_dict(), path)
+    from_file = fusedres.resnext50_32x4d(weights=path)
+    for key, value in eager.state_dict().items():
+        assert torch.equal(back.state_dict()[key], value), key
+        assert torch.equal(from_file.state_dict()[key], value), key
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"num_classes": 10},
+    {"zero_init_residual": True},
+    {"replace_stride_with_dilation": [False, True, True]},
+], ids=["num_classes", "zero_init_residual", "dilation"])
+def test_fuse_variants(kwargs, backend):
+    eager = _eager("resnet50", **kwargs)
+    fused = fusedres.fuse(eager).to(DEVICE)
+    x = torch.randn(1, 3, 35, 37, device=DEVICE)
+    with torch.no_grad():
+        out = fused(x)
+    tf32 = DEVICE.type == "cuda" and torch.backends.cudnn.allow_tf32
+    assert_close_to_reference(out, _float64_reference(eager, x), 1e-4 if not tf32 else 1e-2)
+
+
+def test_train_mode_matches_eager_including_gradients_and_stats():
+    eager = randomize_bn(torchvision.models.resnet18(num_classes=7)).train()
+    fused = fusedres.fuse(eager).train()
+    x = torch.randn(4, 3, 32, 32)
+    out_e, out_f = eager(x), fused(x)
+    torch.testing.assert_close(out_f, out_e, rtol=0, atol=0)
+    out_e.square().sum().backward()
+    out_f.square().sum().backward()
+    for (name, p_e), (_, p_f) in zip(eager.named_parameters(), fused.named_parameters()):
+        torch.testing.assert_close(p_f.grad, p_e.grad, msg=name)
+    for (name, b_e), (_, b_f) in zip(eager.named_buffers(), fused.named_buffers()):
+        torch.testing.assert_close(b_f, b_e, msg=name)
+
+
+def test_nchw_and_channels_last_inputs_agree(backend):
+    fused = fusedres.fuse(_eager("resnet18")).to(DEVICE)
+    x = torch.randn(2, 3, 32, 30, device=DEVICE)
+    with torch.no_grad():
+        a = fused(x)
+        b = fused(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(a, b)
+
+
+def test_batch_of_one_and_odd_sizes(backend):
+    eager = _eager("resnet18")
+    fused = fusedres.fuse(eager).to(DEVICE)
+    x = torch.randn(1, 3, 41, 23, device=DEVICE)
+    with torch.no_grad():
+        out = fused(x)
+    tf32 = DEVICE.type == "cuda" and torch.backends.cudnn.allow_tf32
+    assert_close_to_reference(out, _float64_reference(eager, x), 1e-4 if not tf32 else 1e-2)
+
+
+class TestNeverStale:
+    def _check(self, fused, name, x):
+        """``fused`` against a torchvision model holding its current state."""
+        eager = getattr(torchvision.models, name)().eval()
+        eager.load_state_dict(fused.state_dict())
+        with torch.no_grad():
+            out = fused(x)
+        tf32 = DEVICE.type == "cuda" and torch.backends.cudnn.allow_tf32
+        assert_close_to_reference(out, _float64_reference(eager, x), 1e-4 if not tf32 else 1e-2)
+
+    def test_in_place_edit_and_load_state_dict(self, backend):
+        fused = fusedres.fuse(_eager("resnet18")).to(DEVICE)
+        x = torch.randn(1, 3, 32, 32, device=DEVICE)
+        self._check(fused, "resnet18", x)
+        with torch.no_grad():
+            fused.layer2[0].downsample[1].running_var.mul_(3.0)  # the fused shortcut's BN
+            fused.layer3[1].conv2.weight.neg_()
+        self._check(fused, "resnet18", x)
+        fused.load_state_dict(_eager("resnet18").state_dict())
+        self._check(fused, "resnet18", x)
+
+    def test_replaced_block_submodule(self, backend):
+        fused = fusedres.fuse(_eager("resnet50")).to(DEVICE)
+        x = torch.randn(1, 3, 32, 32, device=DEVICE)
+        self._check(fused, "resnet50", x)
+        fused.layer1[0].downsample = copy.deepcopy(_eager("resnet50").layer1[0].downsample).to(DEVICE)
+        fused.layer2[1].bn2 = randomize_bn(nn.BatchNorm2d(128)).to(DEVICE).eval()
+        self._check(fused, "resnet50", x)
+
+
+class TestRejectsUnsupportedModels:
+    def test_not_a_resnet(self):
+        with pytest.raises(fusedres.UnsupportedModelError, match="expected torchvision's ResNet"):
+            fusedres.fuse(nn.Sequential(nn.Conv2d(3, 8, 3)))
+
+    def test_other_torchvision_model(self):
+        with pytest.raises(fusedres.UnsupportedModelError, match="got torchvision.models.vgg.VGG"):
+            fusedres.fuse(torchvision.models.vgg11())
+
+    def test_block_with_unknown_submodule(self):
+        model = torchvision.models.resnet18()
+        model.layer2[1].se = nn.Identity()
+        with pytest.raises(fusedres.UnsupportedModelError, match=r"layer2\.1: .*unknown \['se'\]"):
+            fusedres.fuse(model)
+
+    def test_model_with_unknown_submodule(self):
+        model = torchvision.models.resnet18()
+        model.dropout = nn.Dropout()
+        with pytest.raises(fusedres.UnsupportedModelError, match=r"model: .*unknown \['dropout'\]"):
+            fusedres.fuse(model)
+
+    def test_frozen_batchnorm(self):
+        from torchvision.ops.misc import FrozenBatchNorm2d
+        model = torchvision.models.resnet50(norm_layer=FrozenBatchNorm2d)
+        with pytest.raises(fusedres.UnsupportedModelError, match="expected nn.BatchNorm2d at conv1/bn1"):
+            fusedres.fuse(model)
+
+    def test_overridden_forward(self):
+        class MyResNet(torchvision.models.ResNet):
+            def forward(self, x):
+                return super().forward(x) * 2
+
+        model = MyResNet(torchvision.models.resnet.BasicBlock, [1, 1, 1, 1])
+        with pytest.raises(fusedres.UnsupportedModelError, match="overrides forward"):
+            fusedres.fuse(model)
+
+    def test_custom_block_type(self):
+        model = torchvision.models.resnet18()
+        model.layer3[0] = nn.Sequential(nn.Conv2d(128, 256, 3, 2, 1))
+        with pytest.raises(fusedres.UnsupportedModelError, match=r"layer3\.0: unsupported block type"):
+            fusedres.fuse(model)
+
+    def test_odd_downsample(self):
+        model = torchvision.models.resnet18()
+        model.layer2[0].downsample[0] = nn.Conv2d(64, 128, 3, 2, 1, bias=False)
+        with pytest.raises(fusedres.UnsupportedModelError, match=r"layer2\.0\.downsample: .*1x1"):
+            fusedres.fuse(model)
+
+    def test_bad_weights_argument(self):
+        with pytest.raises(TypeError, match="weights must be"):
+            fusedres.resnet18(weights=42)
+        with pytest.raises(FileNotFoundError):
+            fusedres.resnet18(weights="/nonexistent/weights.pt")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_autocast_runs_kernels_in_that_dtype(dtype, count_launches):
+    eager = _eager("resnet50").cuda()
+    fused = fusedres.fuse(eager)
+    x = torch.randn(2, 3, 64, 64, device="cuda")
+    with torch.no_grad(), torch.autocast("cuda", dtype=dtype):
+        out = fused(x)
+        ref = eager(x)
+    assert out.dtype == ref.dtype
+    assert all(c.get("residual") is None or c["residual"].dtype == dtype for c in count_launches)
+    assert_close_to_reference(out, ref.double(), 20 * rel_tol(dtype))
