@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from . import ops
-from .folding import FoldCache, check_foldable
+from .folding import FoldCache
 
 
 def _conv3x3(in_planes, out_planes, stride=1, groups=1, dilation=1):
