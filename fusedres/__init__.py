@@ -5,6 +5,7 @@ single Triton kernels.
     model = fusedres.fuse(torchvision_resnet)        # or fusedres.resnet50(weights=...)
 """
 from .convert import UnsupportedModelError, fuse
+from .cuda_graphs import CUDAGraphRunner
 from .folding import fold_bn
 from .models import (MODELS, resnet18, resnet34, resnet50, resnet101, resnet152, resnext50_32x4d,
                      resnext101_32x8d, resnext101_64x4d, wide_resnet50_2, wide_resnet101_2)
@@ -13,7 +14,7 @@ from .resnet import FusedBasicBlock, FusedBottleneck, FusedResNet
 
 __version__ = "0.1.0"
 __all__ = [
-    "FusedBasicBlock", "FusedBottleneck", "FusedConvBN", "FusedResNet", "MODELS",
+    "CUDAGraphRunner", "FusedBasicBlock", "FusedBottleneck", "FusedConvBN", "FusedResNet", "MODELS",
     "UnsupportedModelError", "fold_bn", "fuse", "resnet18", "resnet34", "resnet50",
     "resnet101", "resnet152", "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d",
     "wide_resnet50_2", "wide_resnet101_2",

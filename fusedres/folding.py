@@ -71,11 +71,11 @@ class FoldCache:
             self._fingerprint = fingerprint
         key = (dtype, device, packed)
         if key not in self._variants:
-            self._variants[key] = _build(pairs, dtype, device, packed)
+            self._variants[key] = build_folded(pairs, dtype, device, packed)
         return self._variants[key]
 
 
-def _build(pairs, dtype, device, packed) -> Folded:
+def build_folded(pairs, dtype, device, packed) -> Folded:
     weight, bias = fold_bn(*pairs[0])
     shortcut_weight = None
     if len(pairs) > 1:

@@ -11,11 +11,18 @@ import torch
 import torch.nn.functional as F
 
 from . import kernels, trace
+from .folding import build_folded
+from .library import conv_bn_act as conv_bn_act_op
 
 
 def uses_triton(x: torch.Tensor) -> bool:
     """Whether a fused step on ``x`` runs the Triton kernel (natively or interpreted)."""
     return x.is_cuda or (kernels.INTERPRETED and x.device.type == "cpu")
+
+
+def tracing() -> bool:
+    """True while torch.compile / torch.export trace the model."""
+    return torch.compiler.is_compiling() or torch.compiler.is_exporting()
 
 
 def _autocast_enabled(x: torch.Tensor) -> bool:
@@ -74,22 +81,34 @@ def conv_bn_act(x, conv, bn, cache, *, relu, residual=None, shortcut=None):
         xs = xs.to(dtype)
         pairs.append((conv_s, bn_s))
 
-    n, c_in, h, w = x.shape
-    trace.note(trace.LaunchSpec(
-        n, c_in, h, w, conv.out_channels, conv.kernel_size, conv.stride[0], conv.padding[0],
-        conv.dilation[0], conv.groups, relu, residual is not None,
-        None if shortcut is None else (xs.shape[1], xs.shape[2], xs.shape[3], conv_s.stride[0]),
-        dtype))
+    if trace.active():
+        trace.note(trace.LaunchSpec(
+            *x.shape, conv.out_channels, conv.kernel_size, conv.stride[0], conv.padding[0],
+            conv.dilation[0], conv.groups, relu, residual is not None,
+            None if shortcut is None else (*xs.shape[1:], conv_s.stride[0]), dtype))
 
-    if uses_triton(x):
-        f = cache.get(pairs, dtype, x.device, packed=True)
+    triton = uses_triton(x)
+    if tracing():
+        # The compiler cannot follow the cache's identity checks; fold inside the graph
+        # instead (a few weight-sized ops per step, and never stale under CUDA graphs).
+        f = build_folded(pairs, dtype, x.device, packed=triton)
+    else:
+        f = cache.get(pairs, dtype, x.device, packed=triton)
+
+    if triton:
+        if tracing():
+            return conv_bn_act_op(
+                x, f.weight, f.bias, residual, None if shortcut is None else xs,
+                f.shortcut_weight, list(conv.kernel_size), conv.stride[0], conv.padding[0],
+                conv.dilation[0], conv.groups, 1 if shortcut is None else conv_s.stride[0],
+                relu, torch.backends.cudnn.allow_tf32)
+        # Eager calls skip the dispatcher (microseconds per step matter at batch 1).
         return kernels.conv_bn_act(
             x, f.weight, f.bias, kernel_size=conv.kernel_size, stride=conv.stride[0],
             padding=conv.padding[0], dilation=conv.dilation[0], groups=conv.groups, relu=relu,
             residual=residual,
             shortcut=None if shortcut is None else (xs, f.shortcut_weight, conv_s.stride[0]))
 
-    f = cache.get(pairs, dtype, x.device, packed=False)
     y = F.conv2d(x.contiguous(memory_format=torch.channels_last), f.weight, f.bias,
                  conv.stride, conv.padding, conv.dilation, conv.groups)
     if shortcut is not None:
@@ -100,6 +119,4 @@ def conv_bn_act(x, conv, bn, cache, *, relu, residual=None, shortcut=None):
             raise ValueError(f"residual has shape {tuple(residual.shape)} but the convolution "
                              f"produces {tuple(y.shape)}")
         y.add_(residual)
-    if relu:
-        y.relu_()
-    return y
+    return y.relu_() if relu else y

@@ -45,6 +45,10 @@ class LaunchSpec(NamedTuple):
         return text + (" +relu" if self.relu else "")
 
 
+def active() -> bool:
+    return bool(_active)
+
+
 def note(spec: LaunchSpec) -> None:
     """Called by ``fusedres.ops`` for every fused step while a trace is active."""
     if _active:

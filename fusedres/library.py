@@ -1,0 +1,42 @@
+"""``torch.ops.fusedres.conv_bn_act``: the Triton launch as a PyTorch custom operator.
+
+Registering it lets ``torch.compile(fullgraph=True)`` and ``torch.export`` trace a fused
+model without a graph break: the compiler sees one opaque operator per fused step, with a
+fake implementation for shapes, dtypes and strides.
+
+It is registered with ``torch.library.custom_op`` rather than ``triton_op``/``wrap_triton``:
+the launcher picks its config in Python (one fixed config under the interpreter, an autotuner
+with config pruning on a GPU) and validates its inputs, which the compiler's Triton tracing
+cannot follow, and the CPU-only machines this project is verified on cannot exercise
+Inductor's Triton code generation at all.  An opaque operator costs nothing at run time
+here: the kernel already carries the whole epilogue, so there is nothing left to fuse into it.
+"""
+from typing import List, Optional
+
+import torch
+
+from . import kernels
+
+
+@torch.library.custom_op("fusedres::conv_bn_act", mutates_args=())
+def conv_bn_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                residual: Optional[torch.Tensor], shortcut_x: Optional[torch.Tensor],
+                shortcut_weight: Optional[torch.Tensor], kernel_size: List[int], stride: int,
+                padding: int, dilation: int, groups: int, shortcut_stride: int, relu: bool,
+                allow_tf32: bool) -> torch.Tensor:
+    """See ``fusedres.kernels.conv_bn_act``; ``weight``/``shortcut_weight`` are packed."""
+    shortcut = None if shortcut_x is None else (shortcut_x, shortcut_weight, shortcut_stride)
+    return kernels.conv_bn_act(x, weight, bias, kernel_size=tuple(kernel_size), stride=stride,
+                               padding=padding, dilation=dilation, groups=groups, relu=relu,
+                               residual=residual, shortcut=shortcut, allow_tf32=allow_tf32)
+
+
+@conv_bn_act.register_fake
+def _(x, weight, bias, residual, shortcut_x, shortcut_weight, kernel_size, stride, padding,
+      dilation, groups, shortcut_stride, relu, allow_tf32):
+    kh, kw = kernel_size
+    n, _, h, w = x.shape
+    oh = (h + 2 * padding - dilation * (kh - 1) - 1) // stride + 1
+    ow = (w + 2 * padding - dilation * (kw - 1) - 1) // stride + 1
+    return torch.empty((n, weight.shape[1], oh, ow), dtype=x.dtype, device=x.device,
+                       memory_format=torch.channels_last)

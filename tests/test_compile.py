@@ -1,0 +1,160 @@
+"""Fused models inside torch.compile, torch.export and CUDA graphs; the custom operator."""
+import pytest
+import torch
+import torchvision
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+import fusedres
+from fusedres import trace
+from fusedres.folding import build_folded
+
+from .conftest import DEVICE
+from .numerics import assert_close_to_reference, conv_bn_pair, randomize_bn, rel_tol
+
+TOL = 1e-4 if DEVICE.type == "cpu" else 1e-2  # TF32 on a GPU
+
+
+def _models(name):
+    eager = randomize_bn(getattr(torchvision.models, name)()).eval().to(DEVICE)
+    return eager, fusedres.fuse(eager)
+
+
+@pytest.mark.parametrize("name,compiler", [("resnet18", "inductor"), ("resnet50", "aot_eager")])
+def test_compile_fullgraph_matches_eager(name, compiler, backend):
+    """fullgraph=True turns any graph break into an error."""
+    torch._dynamo.reset()
+    eager, fused = _models(name)
+    x = torch.randn(2, 3, 32, 32, device=DEVICE)
+    compiled = torch.compile(fused, fullgraph=True, backend=compiler)
+    with torch.no_grad():
+        out = compiled(x)
+        ref = eager.double()(x.double())
+    assert_close_to_reference(out, ref, TOL, f"compiled {name}")
+
+
+def test_compiled_model_sees_weight_changes(backend):
+    torch._dynamo.reset()
+    eager, fused = _models("resnet18")
+    compiled = torch.compile(fused, fullgraph=True, backend="aot_eager")
+    x = torch.randn(1, 3, 32, 32, device=DEVICE)
+    with torch.no_grad():
+        compiled(x)
+        fused.layer4[1].bn2.running_mean.add_(1.0)
+        eager.layer4[1].bn2.running_mean.add_(1.0)
+        out = compiled(x)
+        ref = eager.double()(x.double())
+    assert_close_to_reference(out, ref, TOL, "after an in-place BN edit")
+
+
+def test_export_contains_the_fused_operator():
+    if not fusedres.ops.uses_triton(torch.empty(0, device=DEVICE)):
+        pytest.skip("the Triton path needs a GPU or TRITON_INTERPRET=1")
+    eager, fused = _models("resnet18")
+    x = torch.randn(1, 3, 32, 32, device=DEVICE)
+    with torch.no_grad():
+        program = torch.export.export(fused, (x,))
+        out = program.module()(x)
+        ref = eager.double()(x.double())
+    ops = [n for n in program.graph.nodes if n.target is torch.ops.fusedres.conv_bn_act.default]
+    assert len(ops) == 1 + 2 * 8  # stem + two launches in each of the 8 BasicBlocks
+    assert_close_to_reference(out, ref, TOL, "exported")
+
+
+def _op_samples(dtype=torch.float32):
+    """Real operator arguments for every distinct launch of resnet18 and resnet50 (small
+    images), including the residual and shortcut epilogues and the stem."""
+    samples = []
+    for name in ("resnet18", "resnet50"):
+        model = getattr(fusedres, name)().eval()
+        for spec in trace.unique(trace.trace_launches(model, batch=1, size=(24, 20), dtype=dtype)):
+            conv, bn = conv_bn_pair(spec.c_in, spec.c_out, spec.kernel_size, spec.stride,
+                                    spec.padding, spec.dilation, spec.groups)
+            pairs = [(conv, bn)]
+            x = torch.randn(spec.batch, spec.c_in, spec.height, spec.width, dtype=dtype)
+            xs = None
+            if spec.shortcut is not None:
+                c_s, hs, ws, stride_s = spec.shortcut
+                pairs.append(conv_bn_pair(c_s, spec.c_out, 1, stride_s))
+                xs = torch.randn(spec.batch, c_s, hs, ws, dtype=dtype)
+            folded = build_folded(pairs, dtype, torch.device("cpu"), packed=True)
+            oh = (spec.height + 2 * spec.padding - spec.dilation * (spec.kernel_size[0] - 1) - 1) // spec.stride + 1
+            ow = (spec.width + 2 * spec.padding - spec.dilation * (spec.kernel_size[1] - 1) - 1) // spec.stride + 1
+            residual = torch.randn(spec.batch, spec.c_out, oh, ow, dtype=dtype) if spec.residual else None
+            samples.append((spec, (
+                x, folded.weight, folded.bias, residual, xs, folded.shortcut_weight,
+                list(spec.kernel_size), spec.stride, spec.padding, spec.dilation, spec.groups,
+                1 if spec.shortcut is None else spec.shortcut[3], spec.relu, False)))
+    return samples
+
+
+def test_fake_implementation_matches_real_for_every_launch():
+    if not fusedres.kernels.INTERPRETED and DEVICE.type == "cpu":
+        pytest.skip("the real operator needs a GPU or TRITON_INTERPRET=1")
+    samples = _op_samples()
+    assert len(samples) > 20
+    for spec, args in samples:
+        real = torch.ops.fusedres.conv_bn_act(*args)
+        with FakeTensorMode() as mode:
+            fake_args = [mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args]
+            fake = torch.ops.fusedres.conv_bn_act(*fake_args)
+        assert (fake.shape, fake.dtype, fake.stride()) == (real.shape, real.dtype, real.stride()), \
+            spec.describe()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_opcheck(dtype):
+    if not fusedres.kernels.INTERPRETED and DEVICE.type == "cpu":
+        pytest.skip("the real operator needs a GPU or TRITON_INTERPRET=1")
+    samples = _op_samples(dtype)
+    # One of each epilogue: plain, residual, shortcut (the stem is the first launch).
+    chosen = [samples[0][1],
+              next(a for s, a in samples if s.residual),
+              next(a for s, a in samples if s.shortcut is not None)]
+    for args in chosen:
+        args = tuple(a.to(DEVICE) if isinstance(a, torch.Tensor) else a for a in args)
+        torch.library.opcheck(torch.ops.fusedres.conv_bn_act.default, args)
+
+
+def test_cuda_graph_runner_rejects_cpu_input():
+    _, fused = _models("resnet18")
+    with pytest.raises(ValueError, match="needs a CUDA tensor"):
+        fusedres.CUDAGraphRunner(fused)(torch.randn(1, 3, 32, 32))
+
+
+@pytest.mark.gpu
+def test_cuda_graph_replay_matches_eager_and_never_goes_stale():
+    eager, fused = _models("resnet50")
+    runner = fusedres.CUDAGraphRunner(fused)
+    x1, x2 = torch.randn(1, 3, 64, 64, device="cuda"), torch.randn(1, 3, 64, 64, device="cuda")
+    with torch.no_grad():
+        assert_close_to_reference(runner(x1), eager.double()(x1.double()), TOL, "first call")
+        assert_close_to_reference(runner(x2), eager.double()(x2.double()), TOL, "replay")
+        fused.layer3[0].conv2.weight.mul_(-1)
+        eager.layer3[0].conv2.weight.mul_(-1)
+        assert_close_to_reference(runner(x1), eager.double()(x1.double()), TOL, "after edit")
+
+
+@pytest.mark.gpu
+def test_compile_reduce_overhead_on_gpu():
+    torch._dynamo.reset()
+    eager, fused = _models("resnet18")
+    compiled = torch.compile(fused, mode="reduce-overhead", fullgraph=True)
+    x = torch.randn(1, 3, 64, 64, device="cuda")
+    with torch.no_grad():
+        for _ in range(3):
+            out = compiled(x)
+        ref = eager.double()(x.double())
+    assert_close_to_reference(out, ref, TOL, "reduce-overhead")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_cuda_graph_under_autocast(dtype):
+    eager, fused = _models("resnet18")
+    runner = fusedres.CUDAGraphRunner(fused)
+    x = torch.randn(2, 3, 64, 64, device="cuda")
+    with torch.no_grad(), torch.autocast("cuda", dtype=dtype):
+        out = runner(x)
+        ref = eager(x)
+    assert out.dtype == ref.dtype
+    assert_close_to_reference(out, ref.double(), 20 * rel_tol(dtype), "autocast graph")
