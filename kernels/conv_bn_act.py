@@ -30,15 +30,32 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
-# Curated GPU configs.  They are tried per geometry (the autotune key) on first use.
-GPU_CONFIGS = [
+# Curated GPU configs, one list per activation element size; the autotuner tries the list for
+# the input's dtype per geometry (the autotune key) on first use.  `fusedres inspect` checks
+# that each compiles for sm_80 and sm_90 without register spills, within shared memory and on
+# tensor cores, for every ResNet-18/34/50 specialisation.  What drove the choices: a thread
+# holds a 64-bit address per element of its share of the A and B tiles, so 4 warps spill on
+# 128-row tiles with BLOCK_K=64 (the 7x7 stem's gathered K walk first) and on 128x128 tiles
+# (128 accumulator registers per thread before the residual epilogue); those get 8 warps or a
+# shorter BLOCK_K.  64x64x64 runs 3 stages: at 4, ptxas spilled on sm_80 (3x3, stride 2).
+HALF_CONFIGS = [
     triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64}, num_warps=8, num_stages=3),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 64}, num_warps=4, num_stages=4),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=4),
     triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64}, num_warps=4, num_stages=4),
-    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64}, num_warps=4, num_stages=4),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32}, num_warps=4, num_stages=4),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32}, num_warps=8, num_stages=4),
     triton.Config({"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_K": 32}, num_warps=2, num_stages=4),
 ]
+# fp32 takes BLOCK_K=32 throughout, the same bytes per K step as the 2-byte list: fp32 tiles
+# with BLOCK_K=64 spilled at 128 rows and need up to 144 KB of shared memory.
+FLOAT_CONFIGS = [
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32}, num_warps=8, num_stages=3),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=8, num_stages=4),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 32}, num_warps=4, num_stages=4),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=4),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_K": 32}, num_warps=2, num_stages=4),
+]
+GPU_CONFIGS = HALF_CONFIGS + FLOAT_CONFIGS
 
 AUTOTUNE_KEY = [
     "M", "C_in", "H", "W", "C_out", "C_short",
@@ -111,24 +128,27 @@ def _conv_bn_act_kernel(
                 b = b.to(tl.float32)
             acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
     else:
-        for kh in tl.static_range(KH):
-            ih = oh * STRIDE - PAD + kh * DIL
-            for kw in tl.static_range(KW):
-                iw = ow * STRIDE - PAD + kw * DIL
-                row_mask = m_mask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-                row_off = ((img * H + ih) * W + iw) * C_in + group * cin_g
-                w_row = (kh * KW + kw) * cin_g
-                for c0 in range(0, cin_g, BLOCK_K):
-                    c = c0 + offs_k
-                    c_mask = c < cin_g
-                    a = tl.load(x_ptr + row_off[:, None] + c[None, :],
-                                mask=row_mask[:, None] & c_mask[None, :], other=0.0)
-                    b = tl.load(w_ptr + (w_row + c)[:, None] * C_out + co[None, :],
-                                mask=c_mask[:, None] & n_mask[None, :], other=0.0)
-                    if UPCAST_DOT:
-                        a = a.to(tl.float32)
-                        b = b.to(tl.float32)
-                    acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+        # One flat loop over (tap, channel block), in the same order as nested loops over
+        # kh, kw and channels: a single software-pipelined loop whose loads stay in flight
+        # across taps.  Unrolled per-tap loops (tl.static_range) gave KH*KW pipelined copies,
+        # each with its own prologue, and spilled registers at every tile size.
+        c_steps = tl.cdiv(cin_g, BLOCK_K)
+        for step in range(0, KH * KW * c_steps):
+            tap = step // c_steps
+            c = (step % c_steps) * BLOCK_K + offs_k
+            c_mask = c < cin_g
+            ih = oh * STRIDE - PAD + (tap // KW) * DIL
+            iw = ow * STRIDE - PAD + (tap % KW) * DIL
+            row_mask = m_mask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            row_off = ((img * H + ih) * W + iw) * C_in + group * cin_g
+            a = tl.load(x_ptr + row_off[:, None] + c[None, :],
+                        mask=row_mask[:, None] & c_mask[None, :], other=0.0)
+            b = tl.load(w_ptr + (tap * cin_g + c)[:, None] * C_out + co[None, :],
+                        mask=c_mask[:, None] & n_mask[None, :], other=0.0)
+            if UPCAST_DOT:
+                a = a.to(tl.float32)
+                b = b.to(tl.float32)
+            acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
 
     if HAS_SHORTCUT:
         # 1x1 convolution, stride STRIDE_SHORT, no padding: always inside the image.
@@ -155,7 +175,19 @@ def _conv_bn_act_kernel(
     tl.store(out_ptr + out_off, acc.to(out_ptr.dtype.element_ty), mask=out_mask)
 
 
-_conv_bn_act_tuned = triton.autotune(configs=GPU_CONFIGS, key=AUTOTUNE_KEY)(_conv_bn_act_kernel)
+def configs_for(element_size):
+    """The autotune configs for activations of ``element_size`` bytes (see HALF_CONFIGS)."""
+    return FLOAT_CONFIGS if element_size == 4 else HALF_CONFIGS
+
+
+def _prune_configs(configs, named_args, **kwargs):
+    # triton.autotune's early_config_prune hook: only the list for the input's dtype.
+    return configs_for(named_args["x_ptr"].element_size())
+
+
+_conv_bn_act_tuned = triton.autotune(
+    configs=GPU_CONFIGS, key=AUTOTUNE_KEY,
+    prune_configs_by={"early_config_prune": _prune_configs})(_conv_bn_act_kernel)
 
 
 def interpreter_config(cin_g, cout_g, m, gather_k, k_total):
@@ -194,6 +226,29 @@ def _check_packed(name, t, rows, c_out, device, dtype):
 
 def _out_size(size, k, stride, pad, dil):
     return (size + 2 * pad - dil * (k - 1) - 1) // stride + 1
+
+
+def launch_scalars(*, batch, c_in, height, width, c_out, kernel_size, stride, padding, dilation,
+                   groups, relu, residual, shortcut, dtype, allow_tf32, interpreted=INTERPRETED):
+    """The kernel's integer arguments (in parameter order) and constexprs for one geometry,
+    exactly as ``conv_bn_act`` launches it.  ``shortcut`` is ``(C_s, HS, WS, stride_s)`` or
+    None.  Shared with ``fusedres inspect``, which compiles what would launch without a GPU
+    (and so passes ``interpreted=False``)."""
+    kh, kw = kernel_size
+    oh = _out_size(height, kh, stride, padding, dilation)
+    ow = _out_size(width, kw, stride, padding, dilation)
+    c_short, hs, ws, stride_s = shortcut if shortcut is not None else (0, 0, 0, 1)
+    ints = dict(M=batch * oh * ow, H=height, W=width, C_in=c_in, OH=oh, OW=ow, C_out=c_out,
+                HS=hs, WS=ws, C_short=c_short)
+    consts = dict(
+        KH=kh, KW=kw, STRIDE=stride, PAD=padding, DIL=dilation, GROUPS=groups,
+        STRIDE_SHORT=stride_s, GATHER_K=c_in // groups < GATHER_K_BELOW,
+        HAS_SHORTCUT=shortcut is not None, HAS_RESIDUAL=residual, RELU=relu,
+        DOT_PRECISION="tf32" if dtype == torch.float32 and allow_tf32 else "ieee",
+        # The interpreter's tl.dot runs on NumPy, which has no bfloat16.
+        UPCAST_DOT=interpreted and dtype == torch.bfloat16,
+    )
+    return ints, consts
 
 
 def conv_bn_act(x, weight, bias, *, kernel_size, stride=1, padding=0, dilation=1, groups=1,
@@ -277,19 +332,17 @@ def conv_bn_act(x, weight, bias, *, kernel_size, stride=1, padding=0, dilation=1
 
     if allow_tf32 is None:
         allow_tf32 = torch.backends.cudnn.allow_tf32
-    m = n * oh * ow
+    ints, consts = launch_scalars(
+        batch=n, c_in=c_in, height=h, width=w, c_out=c_out, kernel_size=(kh, kw), stride=stride,
+        padding=padding, dilation=dilation, groups=groups, relu=relu,
+        residual=residual is not None,
+        shortcut=None if shortcut is None else (c_short, hs, wsz, stride_s),
+        dtype=dtype, allow_tf32=allow_tf32)
+    m = ints["M"]
     cout_g = c_out // groups
-    gather_k = cin_g < GATHER_K_BELOW
+    gather_k = consts["GATHER_K"]
     args = (x, weight, bias, xs, ws, residual if residual is not None else out, out,
-            m, h, w, c_in, oh, ow, c_out, hs, wsz, c_short)
-    consts = dict(
-        KH=kh, KW=kw, STRIDE=stride, PAD=padding, DIL=dilation, GROUPS=groups,
-        STRIDE_SHORT=stride_s, GATHER_K=gather_k, HAS_SHORTCUT=shortcut is not None,
-        HAS_RESIDUAL=residual is not None, RELU=relu,
-        DOT_PRECISION="tf32" if dtype == torch.float32 and allow_tf32 else "ieee",
-        # The interpreter's tl.dot runs on NumPy, which has no bfloat16.
-        UPCAST_DOT=INTERPRETED and dtype == torch.bfloat16,
-    )
+            *ints.values())
 
     def grid(meta):
         return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(cout_g, meta["BLOCK_N"]), groups)

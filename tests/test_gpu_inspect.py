@@ -1,0 +1,127 @@
+"""`fusedres inspect`: every kernel specialisation compiles cleanly for sm_80 and sm_90.
+
+No GPU is needed: Triton compiles to PTX and cubin on the CPU.  The first run compiles a few
+hundred kernels on all cores (a few minutes on 2 cores); results are cached next to Triton's
+own cache (TRITON_CACHE_DIR), so later runs take seconds.
+"""
+import argparse
+
+import pytest
+import torch
+
+from fusedres import gpu_inspect
+
+MODELS = ("resnet18", "resnet50")
+DTYPES = ("float16", "float32")
+ARCHES = ("sm_90", "sm_80")
+CASES = [(model, dtype, arch) for model in MODELS for dtype in DTYPES for arch in ARCHES]
+
+# Far too big for 4 warps: a 256x128 fp32 accumulator alone is 256 registers per thread, and
+# two staged fp32 256x64 + 64x128 tiles need 192 KB of shared memory (sm_80 has 163 KB).
+BAD_CONFIG = gpu_inspect.TileConfig(256, 128, 64, num_warps=4, num_stages=3)
+
+
+def _parse(*argv):
+    parser = argparse.ArgumentParser()
+    gpu_inspect.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def _a_3x3_spec(dtype):
+    return next(spec for spec in gpu_inspect.specialisations("resnet18", dtype)
+                if spec.kernel_size == (3, 3))
+
+
+@pytest.fixture(scope="session")
+def compiled_cases():
+    """Compile every case's specialisations in one parallel pass: the cases share most of
+    their kernels, and the tests below then read the result cache."""
+    allow_tf32 = torch.backends.cudnn.allow_tf32
+    jobs = [gpu_inspect.compile_job(spec, config, gpu_inspect.ARCHES[arch], allow_tf32)
+            for model, dtype, arch in CASES
+            for spec in gpu_inspect.specialisations(model, gpu_inspect.DTYPES[dtype])
+            for config in gpu_inspect.candidate_configs(spec)]
+    gpu_inspect.compile_jobs(jobs)
+
+
+@pytest.mark.parametrize("model,dtype,arch", CASES)
+def test_inspect_is_clean(compiled_cases, model, dtype, arch, capsys):
+    assert gpu_inspect.run(_parse("--model", model, "--dtype", dtype, "--arch", arch)) == 0, \
+        capsys.readouterr().out
+    assert ", 0 failed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("model,dtype,arch", CASES)
+def test_rows_carry_registers_and_tensor_cores(compiled_cases, model, dtype, arch):
+    allow_tf32 = torch.backends.cudnn.allow_tf32
+    rows = gpu_inspect.inspect_model(model, gpu_inspect.DTYPES[dtype], gpu_inspect.ARCHES[arch],
+                                     allow_tf32=allow_tf32)
+    assert len({row.spec for row in rows}) >= 5
+    for row in rows:
+        assert row.result.error is None
+        assert 0 < row.result.registers <= 255
+        assert row.result.stack_bytes == 0
+        assert 0 < row.result.shared_bytes <= gpu_inspect.SHARED_LIMIT[row.arch]
+        if gpu_inspect.uses_tensor_cores(row.spec, allow_tf32):
+            assert row.result.tensor_core in gpu_inspect.TENSOR_CORE_OPS
+        assert gpu_inspect.row_problems(row, allow_tf32) == []
+
+
+def test_fp16_on_sm_90_uses_wgmma(compiled_cases):
+    # wgmma needs a warpgroup (4 warps); a 2-warp config falls back to mma.sync.
+    rows = gpu_inspect.inspect_model("resnet18", torch.float16, 90)
+    assert {row.result.tensor_core for row in rows if row.config.num_warps >= 4} == {"wgmma"}
+
+
+def test_a_spilling_config_is_reported(monkeypatch, capsys):
+    spec = _a_3x3_spec(torch.float32)
+    result = gpu_inspect.compile_one(spec, BAD_CONFIG, 80, allow_tf32=True)
+    problems = gpu_inspect.check(result, 80)
+    assert result.stack_bytes > 0
+    assert any(p.startswith("spills") for p in problems)
+    assert any(p.startswith("shared memory") for p in problems)
+
+    monkeypatch.setattr(gpu_inspect, "specialisations", lambda *args: [spec])
+    monkeypatch.setattr(gpu_inspect, "candidate_configs", lambda spec: [BAD_CONFIG])
+    assert gpu_inspect.run(_parse("--model", "resnet18", "--dtype", "float32",
+                                  "--arch", "sm_80")) == 1
+    out = capsys.readouterr().out
+    assert "1 failed" in out
+    assert f"FAIL {spec.describe()} [{BAD_CONFIG.describe()}]: spills" in out
+
+
+@pytest.mark.parametrize("result,expected", [
+    (gpu_inspect.CompileResult(error="CompilationError: boom"), "compile failed"),
+    (gpu_inspect.CompileResult(registers=96, stack_bytes=0, shared_bytes=65536,
+                               tensor_core=None), "no tensor-core instruction"),
+    (gpu_inspect.CompileResult(registers=96, stack_bytes=0, shared_bytes=200_000,
+                               tensor_core="mma.sync"), "shared memory"),
+])
+def test_check_names_each_failure(result, expected):
+    problems = gpu_inspect.check(result, 80)
+    assert len(problems) == 1 and problems[0].startswith(expected)
+
+
+def test_ieee_fp32_needs_no_tensor_cores():
+    result = gpu_inspect.CompileResult(registers=96, stack_bytes=0, shared_bytes=65536)
+    spec = _a_3x3_spec(torch.float32)
+    assert not gpu_inspect.uses_tensor_cores(spec, allow_tf32=False)
+    assert gpu_inspect.check(result, 90, needs_tensor_core=False) == []
+
+
+def test_signature_matches_the_launcher():
+    spec = _a_3x3_spec(torch.bfloat16)
+    job = gpu_inspect.compile_job(spec, gpu_inspect.candidate_configs(spec)[0], 90, True)
+    signature, constexprs = dict(job.signature), dict(job.constexprs)
+    assert signature["x_ptr"] == "*bf16" and signature["bias_ptr"] == "*fp32"
+    assert signature["M"] == "i32" and "M" in job.divisible_by_16
+    assert constexprs["DOT_PRECISION"] == "ieee" and constexprs["UPCAST_DOT"] is False
+    assert (constexprs["KH"], constexprs["GATHER_K"]) == (3, False)
+
+
+def test_a_config_that_cannot_compile_is_reported():
+    # tl.dot needs K tiles of at least 16.
+    result = gpu_inspect.compile_one(_a_3x3_spec(torch.float16), gpu_inspect.TileConfig(
+        64, 64, 8, num_warps=4, num_stages=2), 90, allow_tf32=True)
+    assert result.error is not None
+    assert gpu_inspect.check(result, 90)[0].startswith("compile failed")
