@@ -86,7 +86,9 @@ def build_folded(pairs, dtype, device, packed) -> Folded:
             cast = (lambda w: pack_weight(w, dtype).to(device))
             bias = bias.to(device)
         else:
-            cast = (lambda w: w.to(device=device, dtype=dtype))
+            # channels_last like the activations, or every F.conv2d reorders its weight.
+            cast = (lambda w: w.to(device=device, dtype=dtype)
+                    .contiguous(memory_format=torch.channels_last))
             bias = bias.to(device=device, dtype=dtype)
         return Folded(cast(weight), bias, None if shortcut_weight is None else cast(shortcut_weight))
 
