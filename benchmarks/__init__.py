@@ -1,0 +1,1 @@
+"""Benchmark suites (pytest-benchmark) and the in-run speedup gate; see docs/benchmarks.md."""

@@ -1,0 +1,47 @@
+"""FLOPs and bytes of fused launches, for achieved TFLOP/s and GB/s in extra_info.
+
+Bytes are the fused floor: each launch reads its input, shortcut input, residual and weights
+once and writes its output once.  Every contender of a comparison is credited with the same
+bytes, so GB/s compares like for like (eager really moves more: separate BN, add and ReLU
+passes).
+"""
+from fusedres.trace import LaunchSpec
+
+_BYTES = {"torch.float16": 2, "torch.bfloat16": 2, "torch.float32": 4}
+
+
+def output_size(spec: LaunchSpec):
+    kh, kw = spec.kernel_size
+    span_h, span_w = spec.dilation * (kh - 1) + 1, spec.dilation * (kw - 1) + 1
+    return ((spec.height + 2 * spec.padding - span_h) // spec.stride + 1,
+            (spec.width + 2 * spec.padding - span_w) // spec.stride + 1)
+
+
+def launch_flops(spec: LaunchSpec) -> int:
+    """2 x multiply-adds of the convolution and its fused 1x1 shortcut."""
+    kh, kw = spec.kernel_size
+    oh, ow = output_size(spec)
+    pixels = spec.batch * oh * ow
+    flops = 2 * pixels * spec.c_out * kh * kw * spec.c_in // spec.groups
+    if spec.shortcut is not None:
+        flops += 2 * pixels * spec.c_out * spec.shortcut[0]
+    return flops
+
+
+def launch_bytes(spec: LaunchSpec) -> int:
+    kh, kw = spec.kernel_size
+    oh, ow = output_size(spec)
+    elements = (spec.batch * spec.height * spec.width * spec.c_in          # input
+                + kh * kw * spec.c_in // spec.groups * spec.c_out          # weight
+                + spec.batch * oh * ow * spec.c_out * (2 if spec.residual else 1))
+    if spec.shortcut is not None:
+        c_s, hs, ws, _ = spec.shortcut
+        elements += spec.batch * hs * ws * c_s + c_s * spec.c_out
+    return elements * _BYTES[str(spec.dtype)] + 4 * spec.c_out              # + fp32 bias
+
+
+def throughput(items: int, seconds: float, flops: int, nbytes: int, unit: str) -> dict:
+    """extra_info fields for one contender's median time."""
+    return {f"{unit}_per_s": items / seconds, "tflop_per_s": flops / seconds / 1e12,
+            "gb_per_s": nbytes / seconds / 1e9, "median_ms": seconds * 1e3,
+            "flop": flops, "bytes": nbytes}

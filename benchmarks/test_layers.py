@@ -1,0 +1,96 @@
+"""Per-layer benchmarks: every distinct fused launch geometry of ResNet-18 and ResNet-50 --
+conv+BN+ReLU, conv+BN+identity+ReLU, conv+BN+shortcut+ReLU -- as the fused kernel vs eager's
+conv -> bn -> (shortcut conv -> bn, add) -> relu sequence, timed interleaved."""
+import pytest
+import torch
+from torch import nn
+
+import fusedres
+from benchmarks import costs
+from fusedres import ops
+from fusedres.folding import FoldCache
+from fusedres.trace import trace_launches, unique
+
+# (batch, size, dtype) the models are traced at.  GPU: the headline configuration.  CPU:
+# batch 1 keeps all ~25 geometries inside the CPU time budget.
+TRACE = (256, 224, torch.float16) if torch.cuda.is_available() else (1, 224, torch.float32)
+
+
+def layer_id(spec) -> str:
+    kh, kw = spec.kernel_size
+    text = f"{spec.c_in}x{spec.height}x{spec.width}-{spec.c_out}-k{kh}s{spec.stride}"
+    if spec.shortcut is not None:
+        text += f"-sc{spec.shortcut[0]}s{spec.shortcut[3]}"
+    return text + ("-res" if spec.residual else "")
+
+
+def _layer_specs():
+    batch, size, dtype = TRACE
+    specs = []
+    for model in (fusedres.resnet18(), fusedres.resnet50()):
+        specs += trace_launches(model, batch, (size, size), dtype)
+    return {layer_id(spec): spec for spec in unique(specs)}
+
+
+LAYERS = _layer_specs()
+
+
+def _conv_bn(c_in, c_out, kernel_size, stride, padding, dilation, groups, device, dtype):
+    conv = nn.Conv2d(c_in, c_out, kernel_size, stride, padding, dilation, groups, bias=False)
+    bn = nn.BatchNorm2d(c_out)
+    with torch.no_grad():
+        bn.running_mean.normal_(0, 0.1)
+        bn.running_var.uniform_(0.5, 1.5)
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.normal_(0, 0.1)
+    return (conv.to(device, dtype, memory_format=torch.channels_last).eval(),
+            bn.to(device, dtype).eval())
+
+
+def layer_contenders(spec, device):
+    """``{"eager": ..., "fused": ...}`` for one launch geometry, on random inputs."""
+    dtype, cl = spec.dtype, torch.channels_last
+    torch.manual_seed(0)
+    conv, bn = _conv_bn(spec.c_in, spec.c_out, spec.kernel_size, spec.stride, spec.padding,
+                        spec.dilation, spec.groups, device, dtype)
+    x = torch.randn(spec.batch, spec.c_in, spec.height, spec.width, device=device,
+                    dtype=dtype).contiguous(memory_format=cl)
+    oh, ow = costs.output_size(spec)
+    residual = shortcut = None
+    if spec.residual:
+        residual = torch.randn(spec.batch, spec.c_out, oh, ow, device=device,
+                               dtype=dtype).contiguous(memory_format=cl)
+    if spec.shortcut is not None:
+        c_s, hs, ws, stride_s = spec.shortcut
+        conv_s, bn_s = _conv_bn(c_s, spec.c_out, 1, stride_s, 0, 1, 1, device, dtype)
+        xs = torch.randn(spec.batch, c_s, hs, ws, device=device,
+                         dtype=dtype).contiguous(memory_format=cl)
+        shortcut = (conv_s, bn_s, xs)
+    act = torch.relu if spec.relu else (lambda y: y)
+    cache = FoldCache()
+
+    def eager():
+        with torch.inference_mode():
+            y = bn(conv(x))
+            if residual is not None:
+                y = y + residual
+            if shortcut is not None:
+                y = y + shortcut[1](shortcut[0](shortcut[2]))
+            return act(y)
+
+    def fused():
+        with torch.inference_mode():
+            return ops.conv_bn_act(x, conv, bn, cache, relu=spec.relu, residual=residual,
+                                   shortcut=shortcut)
+
+    return {"eager": eager, "fused": fused}
+
+
+@pytest.mark.parametrize("layer", list(LAYERS))
+def test_layer(measure_pair, device, layer):
+    spec = LAYERS[layer]
+    flops, nbytes = costs.launch_flops(spec), costs.launch_bytes(spec)
+    oh, ow = costs.output_size(spec)
+    outputs = spec.batch * oh * ow * spec.c_out
+    measure_pair(layer_contenders(spec, device),
+                 lambda median: costs.throughput(outputs, median, flops, nbytes, "outputs"))
