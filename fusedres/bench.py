@@ -5,6 +5,7 @@ Contenders, all in inference mode on the same input:
               ``torch.backends.cudnn.benchmark = True`` on CUDA)
   eager_nchw  torchvision's model as users run it by default (NCHW)
   fused       ``fusedres.fuse`` of the same model
+  fused_graphs  (CUDA) the fused model replayed through CUDA graphs
   compile     ``torch.compile`` (default mode) of the channels_last eager model (``--compile``)
 
 They are timed interleaved, round by round (see ``fusedres.timing``).  Progress goes to
@@ -72,6 +73,9 @@ def model_contenders(name, batch, size, dtype, device, compile_model=False):
         "eager_nchw": _inference(eager_nchw, x),
         "fused": _inference(fused, x_cl),
     }
+    if device.type == "cuda":
+        # Launch-bound small batches are what CUDA graphs are for (fusedres.CUDAGraphRunner).
+        contenders["fused_graphs"] = _inference(fusedres.CUDAGraphRunner(fused), x_cl)
     if compile_model:
         contenders["compile"] = _inference(torch.compile(eager_cl), x_cl)
     return contenders

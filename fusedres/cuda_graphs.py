@@ -65,7 +65,9 @@ class CUDAGraphRunner:
         return captured.static_output.clone()
 
     def _capture(self, x):
-        static_input = x.detach().clone()
+        # A normal tensor even under inference_mode, so later calls outside it can copy in.
+        with torch.inference_mode(False):
+            static_input = x.detach().clone()
         stream = torch.cuda.Stream(device=x.device)
         stream.wait_stream(torch.cuda.current_stream(x.device))
         with torch.no_grad(), torch.cuda.stream(stream):
