@@ -16,6 +16,8 @@ if not HAS_CUDA:
 import fusedres  # noqa: E402  (after TRITON_INTERPRET is settled)
 
 DEVICE = torch.device("cuda" if HAS_CUDA else "cpu")
+# fp32 convolutions run as TF32 on the GPU (as eager cuDNN does) unless it is switched off.
+TF32 = HAS_CUDA and torch.backends.cudnn.allow_tf32
 
 
 def pytest_report_header(config):

@@ -13,6 +13,11 @@ def rel_tol(dtype, tf32=False):
     return REL_TOL_TF32 if (dtype == torch.float32 and tf32) else REL_TOL[dtype]
 
 
+def model_tol(tf32=False):
+    """Whole fp32 models (about 50 layers deep) against float64 eager."""
+    return 1e-2 if tf32 else 1e-4
+
+
 def assert_close_to_reference(out, ref, tol, what=""):
     """``out`` (any dtype) against a float64 ``ref``: no NaN or Inf, relative Frobenius error
     below ``tol``, and no single element off by more than 10*tol of the largest reference

@@ -8,10 +8,10 @@ import fusedres
 from fusedres import trace
 from fusedres.folding import build_folded
 
-from .conftest import DEVICE
-from .numerics import assert_close_to_reference, conv_bn_pair, randomize_bn, rel_tol
+from .conftest import DEVICE, TF32
+from .numerics import assert_close_to_reference, conv_bn_pair, model_tol, randomize_bn, rel_tol
 
-TOL = 1e-4 if DEVICE.type == "cpu" else 1e-2  # TF32 on a GPU
+TOL = model_tol(TF32)
 
 
 def _models(name):

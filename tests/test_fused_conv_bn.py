@@ -11,7 +11,7 @@ from torch import nn
 
 from fusedres import FusedConvBN
 
-from .conftest import DEVICE
+from .conftest import DEVICE, TF32
 from .numerics import assert_close_to_reference, conv_bn_pair, rel_tol
 
 
@@ -43,9 +43,8 @@ def test_eval_matches_eager(geometry, relu, backend, count_launches):
         out = fused(x)
     assert len(count_launches) == (1 if backend == "triton" else 0)
     assert out.is_contiguous(memory_format=torch.channels_last)
-    tf32 = DEVICE.type == "cuda" and torch.backends.cudnn.allow_tf32
     assert_close_to_reference(out, _eager_reference(conv, bn, x, relu=relu),
-                              rel_tol(torch.float32, tf32))
+                              rel_tol(torch.float32, TF32))
 
 
 def test_eval_with_residual_and_channels_last_input(backend):
@@ -55,9 +54,8 @@ def test_eval_with_residual_and_channels_last_input(backend):
     residual = torch.randn(3, 16, 9, 7, device=DEVICE)
     with torch.inference_mode():
         out = fused(x, residual)
-    tf32 = DEVICE.type == "cuda" and torch.backends.cudnn.allow_tf32
     assert_close_to_reference(out, _eager_reference(conv, bn, x, residual),
-                              rel_tol(torch.float32, tf32))
+                              rel_tol(torch.float32, TF32))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
@@ -119,9 +117,8 @@ class TestNeverStale:
     def _check(self, fused, x):
         with torch.no_grad():
             out = fused(x)
-        tf32 = DEVICE.type == "cuda" and torch.backends.cudnn.allow_tf32
         assert_close_to_reference(out, _eager_reference(fused.conv, fused.bn, x),
-                                  rel_tol(torch.float32, tf32))
+                                  rel_tol(torch.float32, TF32))
 
     @pytest.fixture
     def setup(self):

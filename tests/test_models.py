@@ -8,8 +8,8 @@ from torch import nn
 
 import fusedres
 
-from .conftest import DEVICE
-from .numerics import assert_close_to_reference, randomize_bn, rel_tol
+from .conftest import DEVICE, TF32
+from .numerics import assert_close_to_reference, model_tol, randomize_bn, rel_tol
 
 ALL_MODELS = list(fusedres.MODELS)
 SIZE = (33, 47)  # odd on purpose
@@ -24,6 +24,14 @@ def _float64_reference(eager, x):
         return copy.deepcopy(eager).double().cpu()(x.double().cpu())
 
 
+def _assert_fused_matches_eager(eager, input_shape):
+    fused = fusedres.fuse(eager).to(DEVICE)
+    x = torch.randn(*input_shape, device=DEVICE)
+    with torch.no_grad():
+        out = fused(x)
+    assert_close_to_reference(out, _float64_reference(eager, x), model_tol(TF32))
+
+
 @pytest.mark.parametrize("name", ALL_MODELS)
 def test_constructor_matches_torchvision_torch_path(name, monkeypatch):
     """Every constructor, loaded with torchvision's weights, on the CPU torch path."""
@@ -35,7 +43,7 @@ def test_constructor_matches_torchvision_torch_path(name, monkeypatch):
     x = torch.randn(1, 3, *SIZE)
     with torch.inference_mode():
         out = fused(x)
-    assert_close_to_reference(out, _float64_reference(eager, x), 1e-4, name)
+    assert_close_to_reference(out, _float64_reference(eager, x), model_tol(), name)
 
 
 @pytest.mark.parametrize("name,dtype", [
@@ -59,8 +67,7 @@ def test_fused_model_runs_triton_kernels(name, dtype, count_launches):
     downsampling_blocks = 3 if name == "resnet18" else 4  # Bottleneck nets: layer1 too
     assert sum(c["shortcut"] is not None for c in count_launches) == downsampling_blocks
     eager_ref = copy.deepcopy(eager).to(dtype).double()  # eager with the rounded weights
-    tf32 = DEVICE.type == "cuda" and dtype == torch.float32 and torch.backends.cudnn.allow_tf32
-    tol = 1e-4 if dtype == torch.float32 and not tf32 else 10 * rel_tol(dtype, tf32)
+    tol = model_tol(TF32) if dtype == torch.float32 else 10 * rel_tol(dtype)
     assert_close_to_reference(out, eager_ref(x.double().cpu()), tol, f"{name} {dtype}")
 
 
@@ -105,13 +112,7 @@ def test_state_dict_round_trips(tmp_path):
     {"replace_stride_with_dilation": [False, True, True]},
 ], ids=["num_classes", "zero_init_residual", "dilation"])
 def test_fuse_variants(kwargs, backend):
-    eager = _eager("resnet50", **kwargs)
-    fused = fusedres.fuse(eager).to(DEVICE)
-    x = torch.randn(1, 3, 35, 37, device=DEVICE)
-    with torch.no_grad():
-        out = fused(x)
-    tf32 = DEVICE.type == "cuda" and torch.backends.cudnn.allow_tf32
-    assert_close_to_reference(out, _float64_reference(eager, x), 1e-4 if not tf32 else 1e-2)
+    _assert_fused_matches_eager(_eager("resnet50", **kwargs), (1, 3, 35, 37))
 
 
 def test_train_mode_matches_eager_including_gradients_and_stats():
@@ -138,13 +139,7 @@ def test_nchw_and_channels_last_inputs_agree(backend):
 
 
 def test_batch_of_one_and_odd_sizes(backend):
-    eager = _eager("resnet18")
-    fused = fusedres.fuse(eager).to(DEVICE)
-    x = torch.randn(1, 3, 41, 23, device=DEVICE)
-    with torch.no_grad():
-        out = fused(x)
-    tf32 = DEVICE.type == "cuda" and torch.backends.cudnn.allow_tf32
-    assert_close_to_reference(out, _float64_reference(eager, x), 1e-4 if not tf32 else 1e-2)
+    _assert_fused_matches_eager(_eager("resnet18"), (1, 3, 41, 23))
 
 
 class TestNeverStale:
@@ -154,8 +149,7 @@ class TestNeverStale:
         eager.load_state_dict(fused.state_dict())
         with torch.no_grad():
             out = fused(x)
-        tf32 = DEVICE.type == "cuda" and torch.backends.cudnn.allow_tf32
-        assert_close_to_reference(out, _float64_reference(eager, x), 1e-4 if not tf32 else 1e-2)
+        assert_close_to_reference(out, _float64_reference(eager, x), model_tol(TF32))
 
     def test_in_place_edit_and_load_state_dict(self, backend):
         fused = fusedres.fuse(_eager("resnet18")).to(DEVICE)
