@@ -39,12 +39,6 @@ class _FusedBlock(nn.Module):
         # One FoldCache per launch; plain attributes, so they stay out of the state_dict.
         self._folds = [FoldCache() for _ in self._PAIRS]
 
-    def _shortcut(self):
-        ds = self.downsample
-        if ds is None:
-            return None
-        return ds[0], ds[1]
-
     def _eager_forward(self, x):
         identity = x
         out = x
@@ -66,8 +60,9 @@ class _FusedBlock(nn.Module):
             if i < last:
                 out = ops.conv_bn_act(out, conv, bn, self._folds[i], relu=True)
             elif self.downsample is not None:
+                # The downsample (1x1 conv + BN) accumulates into this launch's tile.
                 out = ops.conv_bn_act(out, conv, bn, self._folds[i], relu=True,
-                                      shortcut=(*self._shortcut(), x))
+                                      shortcut=(self.downsample[0], self.downsample[1], x))
             else:
                 out = ops.conv_bn_act(out, conv, bn, self._folds[i], relu=True, residual=x)
         return out
