@@ -17,7 +17,9 @@ SUBCOMMANDS = {
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="fusedres", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="fusedres", description="Fused conv + BatchNorm + residual + ReLU Triton kernels "
+                                     "for ResNet inference.")
     sub = parser.add_subparsers(dest="command", required=True)
     chosen = (argv if argv is not None else sys.argv[1:])[:1]
     for name, (module, help_text) in SUBCOMMANDS.items():
