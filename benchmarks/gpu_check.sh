@@ -3,7 +3,7 @@
 # model and layer benchmarks (fp16 batch 256 first, with torch.compile), JSON and a markdown
 # summary, all written to OUTDIR.
 #
-# Time plan (seconds, each a hard limit): install 15, GPU tests 75, models 180, layers 60,
+# Time plan (seconds, each a hard limit): install 15, GPU tests 75, inspect 90, models 180, layers 60,
 # small batches and other dtypes 75 only while under 330 s.  The first call of every kernel
 # geometry autotunes over ~6 configs, each compiled once (~1 s): the models stage pays that
 # for ResNet-18/34/50 at fp16 batch 256 and the layers stage reuses Triton's compile cache.
@@ -75,6 +75,18 @@ EOF
 log "environment:"; sed 's/^/    /' "$OUT/environment.txt"
 
 stage gpu_tests 75 python -m pytest tests -m gpu -q -p no:cacheprovider
+
+# The autotuner compiles ~6 configs per geometry one after another on first use.  `fusedres
+# inspect` compiles the same specialisations in parallel on every core; where its compile
+# matches the JIT's (same signature, constexprs and options) the Triton cache then serves the
+# autotuner, and either way its table checks this machine's Triton/ptxas (registers, spills).
+ARCH=$(python -c "import torch; print('sm_%d%d' % torch.cuda.get_device_capability())" 2>/dev/null)
+if [ "$DRY" -eq 0 ] && { [ "$ARCH" = sm_80 ] || [ "$ARCH" = sm_90 ]; }; then
+    stage inspect 90 bash -c "for m in resnet50 resnet18 resnet34; do
+        python -m fusedres inspect --model \$m --dtype float16 --arch $ARCH --batch 256; done"
+else
+    log "inspect: skipped (dry run, or no sm_80/sm_90 device: ${ARCH:-none})"
+fi
 
 BENCH=(python -m pytest -q -p no:cacheprovider --benchmark-only --min-speedup 0
        --benchmark-columns=median,iqr,rounds)
