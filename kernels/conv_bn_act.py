@@ -33,24 +33,32 @@ SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # Curated GPU configs, one list per activation element size; the autotuner tries the list for
 # the input's dtype per geometry (the autotune key) on first use.  `fusedres inspect` checks
 # that each compiles for sm_80 and sm_90 without register spills, within shared memory and on
-# tensor cores, for every ResNet-18/34/50 specialisation.  What drove the choices: a thread
-# holds a 64-bit address per element of its share of the A and B tiles, so 4 warps spill on
-# 128-row tiles with BLOCK_K=64 (the 7x7 stem's gathered K walk first) and on 128x128 tiles
-# (128 accumulator registers per thread before the residual epilogue); those get 8 warps or a
-# shorter BLOCK_K.  64x64x64 runs 3 stages: at 4, ptxas spilled on sm_80 (3x3, stride 2).
+# tensor cores, for every ResNet-18/34/50 specialisation.  What drove the choices: registers.
+# 128x128 tiles hold 128 accumulator registers per thread at 4 warps and spill (the 7x7 stem's
+# gathered K walk and the fused shortcut first), so they get 8 warps.  128x64x64 with 4 warps
+# spilled while offsets were int64 (a 64-bit address per element of a thread's A and B tiles)
+# and was listed only with BLOCK_K=32; with int32 offsets ptxas fits it in at most 245
+# registers on both targets, so it is back beside the BLOCK_K=32 tile for the autotuner to
+# choose between.  64x64x64 runs 3 stages: at 4, ptxas spilled on sm_80 (3x3, stride 2).
+# Both lists are checked with int32 offsets (INDEX_64 off: every ResNet launch at batch 256,
+# 224x224); a launch over 2**31 elements compiles the int64 variant of the same configs,
+# which may spill (slower, still correct).
 HALF_CONFIGS = [
     triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64}, num_warps=8, num_stages=3),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 64}, num_warps=4, num_stages=4),
     triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=4),
     triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64}, num_warps=4, num_stages=4),
     triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64}, num_warps=4, num_stages=3),
     triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32}, num_warps=8, num_stages=4),
     triton.Config({"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_K": 32}, num_warps=2, num_stages=4),
 ]
-# fp32 takes BLOCK_K=32 throughout, the same bytes per K step as the 2-byte list: fp32 tiles
-# with BLOCK_K=64 spilled at 128 rows and need up to 144 KB of shared memory.
+# fp32 takes BLOCK_K=32 throughout, the same bytes per K step as the 2-byte list: BLOCK_K=64
+# fp32 tiles need up to 144 KB of shared memory.  128x64x32 with 8 warps runs 3 stages: with
+# int32 offsets ptxas holds it to 128 registers and, at 4 stages, spilled 8 bytes on sm_80
+# (3x3 with the fused shortcut).
 FLOAT_CONFIGS = [
     triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32}, num_warps=8, num_stages=3),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=8, num_stages=4),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=8, num_stages=3),
     triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 32}, num_warps=4, num_stages=4),
     triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=4),
     triton.Config({"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_K": 32}, num_warps=2, num_stages=4),
@@ -60,11 +68,16 @@ GPU_CONFIGS = HALF_CONFIGS + FLOAT_CONFIGS
 AUTOTUNE_KEY = [
     "M", "C_in", "H", "W", "C_out", "C_short",
     "KH", "KW", "STRIDE", "PAD", "DIL", "GROUPS", "STRIDE_SHORT", "GATHER_K",
-    "HAS_SHORTCUT", "HAS_RESIDUAL", "RELU", "DOT_PRECISION",
+    "HAS_SHORTCUT", "HAS_RESIDUAL", "RELU", "DOT_PRECISION", "INDEX_64",
 ]
 
 # Below this many input channels per group the flattened K walk wastes less of each tile.
 GATHER_K_BELOW = 16
+
+# Activation offsets are computed in int32 while every activation tensor the kernel indexes
+# has fewer elements than this, in int64 otherwise (the INDEX_64 constexpr).  A module-level
+# name so the tests can lower it to run the int64 path on a small problem.
+INDEX_32_LIMIT = 2 ** 31
 
 
 @triton.jit
@@ -81,6 +94,7 @@ def _conv_bn_act_kernel(
     DIL: tl.constexpr, GROUPS: tl.constexpr, STRIDE_SHORT: tl.constexpr,
     GATHER_K: tl.constexpr, HAS_SHORTCUT: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
     RELU: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
+    INDEX_64: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     cin_g = C_in // GROUPS
@@ -98,8 +112,16 @@ def _conv_bn_act_kernel(
     m_mask = offs_m < M
     ow = offs_m % OW
     oh = (offs_m // OW) % OH
-    # int64 from here on: N*H*W*C can pass 2**31 for large batches of large images.
-    img = (offs_m // (OW * OH)).to(tl.int64)
+    img = offs_m // (OW * OH)
+    # Every activation offset below derives from img (inputs) or rows (output, residual).
+    # int64 only when a tensor reaches 2**31 elements (large batches of large images): a
+    # 64-bit offset per element of a thread's tiles takes two registers.  In int32, an
+    # unmasked offset and each partial sum of it stay below the tensor's size, so nothing
+    # a load or store uses can overflow; masked lanes may wrap, but are never dereferenced.
+    rows = offs_m
+    if INDEX_64:
+        img = img.to(tl.int64)
+        rows = rows.to(tl.int64)
 
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < cout_g
@@ -166,7 +188,7 @@ def _conv_bn_act_kernel(
             acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
 
     acc += tl.load(bias_ptr + co, mask=n_mask, other=0.0)[None, :]
-    out_off = offs_m.to(tl.int64)[:, None] * C_out + co[None, :]
+    out_off = rows[:, None] * C_out + co[None, :]
     out_mask = m_mask[:, None] & n_mask[None, :]
     if HAS_RESIDUAL:
         acc += tl.load(res_ptr + out_off, mask=out_mask, other=0.0).to(tl.float32)
@@ -238,6 +260,10 @@ def launch_scalars(*, batch, c_in, height, width, c_out, kernel_size, stride, pa
     oh = _out_size(height, kh, stride, padding, dilation)
     ow = _out_size(width, kw, stride, padding, dilation)
     c_short, hs, ws, stride_s = shortcut if shortcut is not None else (0, 0, 0, 1)
+    # x, the shortcut input and the output (whose shape the residual shares); the packed
+    # weights are indexed in int32 always (KH*KW*C_in/groups*C_out is far below 2**31).
+    largest = max(batch * c_in * height * width, batch * c_short * hs * ws,
+                  batch * c_out * oh * ow)
     ints = dict(M=batch * oh * ow, H=height, W=width, C_in=c_in, OH=oh, OW=ow, C_out=c_out,
                 HS=hs, WS=ws, C_short=c_short)
     consts = dict(
@@ -247,6 +273,7 @@ def launch_scalars(*, batch, c_in, height, width, c_out, kernel_size, stride, pa
         DOT_PRECISION="tf32" if dtype == torch.float32 and allow_tf32 else "ieee",
         # The interpreter's tl.dot runs on NumPy, which has no bfloat16.
         UPCAST_DOT=interpreted and dtype == torch.bfloat16,
+        INDEX_64=largest >= INDEX_32_LIMIT,
     )
     return ints, consts
 

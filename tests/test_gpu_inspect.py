@@ -117,6 +117,8 @@ def test_signature_matches_the_launcher():
     assert signature["M"] == "i32" and "M" in job.divisible_by_16
     assert constexprs["DOT_PRECISION"] == "ieee" and constexprs["UPCAST_DOT"] is False
     assert (constexprs["KH"], constexprs["GATHER_K"]) == (3, False)
+    # 256 images of 224x224 keep every activation tensor below 2**31 elements.
+    assert constexprs["INDEX_64"] is False
 
 
 def test_a_config_that_cannot_compile_is_reported():

@@ -4,6 +4,8 @@ On a CPU-only machine this runs the Triton kernel under the interpreter (tests/c
 on a GPU, natively.  Outputs are poisoned with NaN before every launch, so an element the
 kernel fails to write fails the test.
 """
+import importlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,6 +16,9 @@ from fusedres.kernels import conv_bn_act, pack_weight
 
 from .conftest import DEVICE
 from .numerics import assert_close_to_reference, rel_tol
+
+# The kernel module itself: the package re-exports its launcher under the same name.
+kernel_module = importlib.import_module("fusedres.kernels.conv_bn_act")
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
@@ -137,6 +142,59 @@ def test_fuzzed_geometries_match_float64(geometry, dtype, residual, relu):
     out = _launch(x, weight, bias, kernel=kernel, stride=stride, padding=padding,
                   dilation=dilation, groups=groups, relu=relu, residual=res)
     assert_close_to_reference(out, ref, rel_tol(dtype), f"{geometry} {dtype}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("case", ["gathered K +residual", "tap-major K +shortcut"])
+def test_int64_offsets_match_float64(case, dtype, monkeypatch):
+    """The int64 offset path, forced on a small problem by lowering the threshold (real
+    inputs past 2**31 elements need a GPU: test_int64_offsets_past_2_to_the_31)."""
+    monkeypatch.setattr(kernel_module, "INDEX_32_LIMIT", 1)
+    launched = []
+    real_scalars = kernel_module.launch_scalars
+
+    def recording_scalars(**kwargs):
+        ints, consts = real_scalars(**kwargs)
+        launched.append(consts["INDEX_64"])
+        return ints, consts
+
+    monkeypatch.setattr(kernel_module, "launch_scalars", recording_scalars)
+    if case.startswith("gathered"):
+        n, c_in, h, w, c_out, kernel, stride, padding = 2, 3, 11, 9, 32, 7, 2, 3
+    else:
+        n, c_in, h, w, c_out, kernel, stride, padding = 2, 32, 5, 4, 32, 3, 1, 1
+    x, weight, bias = _operands(n, c_in, h, w, c_out, kernel, 1, dtype)
+    residual = shortcut = None
+    if case.endswith("residual"):
+        ref = _reference(x, weight, bias, stride, padding, 1, 1, relu=False)
+        residual = torch.randn_like(ref).to(dtype)
+    else:
+        xs = torch.randn(n, 16, 2 * h, 2 * w, device=DEVICE).to(dtype)
+        shortcut = (xs, (torch.randn(c_out, 16, 1, 1, device=DEVICE) / 4).to(dtype), 2)
+    ref = _reference(x, weight, bias, stride, padding, 1, 1, residual, shortcut)
+    out = _launch(x, weight, bias, kernel=kernel, stride=stride, padding=padding, dilation=1,
+                  groups=1, relu=True, residual=residual, shortcut=shortcut)
+    assert launched == [True]
+    assert_close_to_reference(out, ref, rel_tol(dtype), f"int64 {case} {dtype}")
+
+
+@pytest.mark.parametrize("tensor", ["input", "shortcut input", "output"])
+def test_int64_offsets_from_2_to_the_31_elements(tensor):
+    """launch_scalars switches to int64 offsets exactly when one activation tensor reaches
+    2**31 elements (the residual has the output's shape)."""
+    def index_64(elements):
+        # A 1x1 convolution of 1x1 images in which only `tensor` has `elements` elements.
+        c_in = elements if tensor == "input" else 1
+        c_out = elements if tensor == "output" else 1
+        shortcut = (elements, 1, 1, 1) if tensor == "shortcut input" else None
+        _, consts = kernel_module.launch_scalars(
+            batch=1, c_in=c_in, height=1, width=1, c_out=c_out, kernel_size=(1, 1), stride=1,
+            padding=0, dilation=1, groups=1, relu=True, residual=False, shortcut=shortcut,
+            dtype=torch.float16, allow_tf32=False)
+        return consts["INDEX_64"]
+
+    assert not index_64(2 ** 31 - 1)
+    assert index_64(2 ** 31)
 
 
 def test_batch_of_zero_returns_empty():
