@@ -69,9 +69,9 @@ def count_launches(monkeypatch):
     calls = []
     original = fusedres.kernels.conv_bn_act
 
-    def counting(*args, **kwargs):
-        calls.append(kwargs)
-        return original(*args, **kwargs)
+    def counting(x, *args, **kwargs):
+        calls.append({"x": x, **kwargs})
+        return original(x, *args, **kwargs)
 
     monkeypatch.setattr(fusedres.kernels, "conv_bn_act", counting)
     return calls

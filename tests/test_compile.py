@@ -9,7 +9,7 @@ from fusedres import trace
 from fusedres.folding import build_folded
 
 from .conftest import DEVICE, TF32
-from .numerics import assert_close_to_reference, conv_bn_pair, model_tol, randomize_bn, rel_tol
+from .numerics import assert_close_to_reference, conv_bn_pair, model_tol, randomize_bn
 
 TOL = model_tol(TF32)
 
@@ -145,16 +145,3 @@ def test_compile_reduce_overhead_on_gpu():
             out = compiled(x)
         ref = eager.double()(x.double())
     assert_close_to_reference(out, ref, TOL, "reduce-overhead")
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-def test_cuda_graph_under_autocast(dtype):
-    eager, fused = _models("resnet18")
-    runner = fusedres.CUDAGraphRunner(fused)
-    x = torch.randn(2, 3, 64, 64, device="cuda")
-    with torch.no_grad(), torch.autocast("cuda", dtype=dtype):
-        out = runner(x)
-        ref = eager(x)
-    assert out.dtype == ref.dtype
-    assert_close_to_reference(out, ref.double(), 20 * rel_tol(dtype), "autocast graph")

@@ -228,13 +228,16 @@ class TestRejectsUnsupportedModels:
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-def test_autocast_runs_kernels_in_that_dtype(dtype, count_launches):
+@pytest.mark.parametrize("through", ["module", "cuda_graph"])
+def test_autocast_runs_kernels_in_that_dtype(dtype, through, count_launches):
     eager = _eager("resnet50").cuda()
     fused = fusedres.fuse(eager)
+    run = fused if through == "module" else fusedres.CUDAGraphRunner(fused)
     x = torch.randn(2, 3, 64, 64, device="cuda")
     with torch.no_grad(), torch.autocast("cuda", dtype=dtype):
-        out = fused(x)
+        out = run(x)
         ref = eager(x)
     assert out.dtype == ref.dtype
-    assert all(c.get("residual") is None or c["residual"].dtype == dtype for c in count_launches)
+    assert count_launches and all(c["x"].dtype == dtype for c in count_launches)
+    assert all(c["residual"] is None or c["residual"].dtype == dtype for c in count_launches)
     assert_close_to_reference(out, ref.double(), 20 * rel_tol(dtype))
