@@ -22,7 +22,11 @@ def uses_triton(x: torch.Tensor) -> bool:
 
 def tracing() -> bool:
     """True while torch.compile / torch.export trace the model."""
-    return torch.compiler.is_compiling() or torch.compiler.is_exporting()
+    return torch.compiler.is_compiling() or _is_exporting()
+
+
+# torch.compiler.is_exporting is recent; older torch has no non-strict export to detect.
+_is_exporting = getattr(torch.compiler, "is_exporting", lambda: False)
 
 
 def _autocast_enabled(x: torch.Tensor) -> bool:
