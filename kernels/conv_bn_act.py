@@ -81,6 +81,16 @@ INDEX_32_LIMIT = 2 ** 31
 
 
 @triton.jit
+def _accumulate(acc, a, b, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr):
+    """``acc + a @ b`` on tensor cores.  The interpreter's tl.dot runs on NumPy, which has no
+    bfloat16, so there (UPCAST_DOT) the tiles are widened to fp32 first."""
+    if UPCAST_DOT:
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+    return tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+
+
+@triton.jit
 def _conv_bn_act_kernel(
     x_ptr,      # [N, H, W, C_in]            activations, NHWC contiguous
     w_ptr,      # [KH*KW*C_in/GROUPS, C_out] packed folded weight
@@ -145,10 +155,7 @@ def _conv_bn_act_kernel(
             a = tl.load(x_ptr + a_off, mask=a_mask, other=0.0)
             b = tl.load(w_ptr + k[:, None] * C_out + co[None, :],
                         mask=k_mask[:, None] & n_mask[None, :], other=0.0)
-            if UPCAST_DOT:
-                a = a.to(tl.float32)
-                b = b.to(tl.float32)
-            acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+            acc = _accumulate(acc, a, b, DOT_PRECISION, UPCAST_DOT)
     else:
         # One flat loop over (tap, channel block), in the same order as nested loops over
         # kh, kw and channels: a single software-pipelined loop whose loads stay in flight
@@ -167,10 +174,7 @@ def _conv_bn_act_kernel(
                         mask=row_mask[:, None] & c_mask[None, :], other=0.0)
             b = tl.load(w_ptr + (tap * cin_g + c)[:, None] * C_out + co[None, :],
                         mask=c_mask[:, None] & n_mask[None, :], other=0.0)
-            if UPCAST_DOT:
-                a = a.to(tl.float32)
-                b = b.to(tl.float32)
-            acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+            acc = _accumulate(acc, a, b, DOT_PRECISION, UPCAST_DOT)
 
     if HAS_SHORTCUT:
         # 1x1 convolution, stride STRIDE_SHORT, no padding: always inside the image.
@@ -182,10 +186,7 @@ def _conv_bn_act_kernel(
                         mask=m_mask[:, None] & c_mask[None, :], other=0.0)
             b = tl.load(ws_ptr + c[:, None] * C_out + co[None, :],
                         mask=c_mask[:, None] & n_mask[None, :], other=0.0)
-            if UPCAST_DOT:
-                a = a.to(tl.float32)
-                b = b.to(tl.float32)
-            acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+            acc = _accumulate(acc, a, b, DOT_PRECISION, UPCAST_DOT)
 
     acc += tl.load(bias_ptr + co, mask=n_mask, other=0.0)[None, :]
     out_off = rows[:, None] * C_out + co[None, :]
