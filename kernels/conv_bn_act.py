@@ -33,19 +33,18 @@ SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # Curated GPU configs, one list per activation element size; the autotuner tries the list for
 # the input's dtype per geometry (the autotune key) on first use.  `fusedres inspect` checks
 # that each compiles for sm_80 and sm_90 without register spills, within shared memory and on
-# tensor cores, for every ResNet-18/34/50 specialisation.  What drove the choices: registers.
-# 128x128 tiles hold 128 accumulator registers per thread at 4 warps and spill (the 7x7 stem's
-# gathered K walk and the fused shortcut first), so they get 8 warps.  128x64x64 with 4 warps
-# spilled while offsets were int64 (a 64-bit address per element of a thread's A and B tiles)
-# and was listed only with BLOCK_K=32; with int32 offsets ptxas fits it in at most 245
-# registers on both targets, so it is back beside the BLOCK_K=32 tile for the autotuner to
-# choose between.  64x64x64 runs 3 stages: at 4, ptxas spilled on sm_80 (3x3, stride 2).
+# tensor cores, for every ResNet-18/34/50 specialisation (ResNeXt-50: clean in fp16/bf16 on
+# sm_90; its grouped 3x3 convolutions still spill with some configs on sm_80 and in fp32).
+# What drove the choices: registers.  128x128 tiles hold 128 accumulator registers per thread at 4 warps and
+# spill (the 7x7 stem's gathered K walk and the fused shortcut first), so they get 8 warps.
+# 128x64 with 4 warps is listed with BLOCK_K=32 only: with BLOCK_K=64 it needs up to 245
+# registers on ResNet-50 and spills ~600 bytes on ResNeXt's grouped 3x3 convolutions.
+# 64x64x64 runs 3 stages: at 4, ptxas spilled on sm_80 (3x3, stride 2).
 # Both lists are checked with int32 offsets (INDEX_64 off: every ResNet launch at batch 256,
 # 224x224); a launch over 2**31 elements compiles the int64 variant of the same configs,
 # which may spill (slower, still correct).
 HALF_CONFIGS = [
     triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64}, num_warps=8, num_stages=3),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 64}, num_warps=4, num_stages=4),
     triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=4),
     triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64}, num_warps=4, num_stages=4),
     triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64}, num_warps=4, num_stages=3),
@@ -355,6 +354,11 @@ def conv_bn_act(x, weight, bias, *, kernel_size, stride=1, padding=0, dilation=1
         _check_activation("out", out, device, dtype)
         if tuple(out.shape) != out_shape or not out.is_contiguous(memory_format=torch.channels_last):
             raise ValueError(f"out must be a channels_last tensor of shape {out_shape}")
+        # Programs read inputs other programs overwrite, and the autotuner re-runs the launch.
+        sources = [t for t in (x, residual, xs if shortcut is not None else None) if t is not None]
+        if any(t.untyped_storage().data_ptr() == out.untyped_storage().data_ptr() for t in sources):
+            raise ValueError("out must not share memory with the input, residual or shortcut "
+                             "input (the kernel does not compute in place)")
     if n == 0:
         return out
 

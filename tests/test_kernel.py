@@ -273,6 +273,12 @@ class TestLauncherRejectsBadInput:
         with pytest.raises(ValueError, match="too small"):
             conv_bn_act(x[:, :, :2, :2], w, b, kernel_size=3)
 
+    def test_out_aliasing_the_residual(self):
+        x, w, b = self._args()
+        residual = torch.zeros(1, 16, 5, 5).contiguous(memory_format=torch.channels_last)
+        with pytest.raises(ValueError, match="out must not share memory"):
+            conv_bn_act(x, w, b, kernel_size=3, padding=1, residual=residual, out=residual)
+
     def test_shortcut_of_wrong_shape(self):
         x, w, b = self._args()
         xs = torch.randn(1, 4, 7, 7)
