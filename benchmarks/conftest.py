@@ -7,6 +7,8 @@ info, and the in-run speedup gate (logic in ``benchmarks/gate.py``).
 
 torch is imported lazily, so loading this plugin (and ``--help``) stays fast.
 """
+import os
+
 import pytest
 
 from benchmarks import gate, recording
@@ -99,7 +101,30 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     machine_info["fusedres"] = environment(bench_device())
 
 
+def _write_kernel_report(path):
+    """What ptxas really made of every kernel this process launched (registers, spills), to
+    compare with ``fusedres inspect``'s reading of the same cubins.  Reads the JIT's
+    per-device cache, a Triton internal: a report, never a reason to fail the run."""
+    import json
+    from fusedres.kernels import fused_conv
+    rows = []
+    try:
+        for caches in fused_conv._conv_bn_act_kernel.device_caches.values():
+            for key, kernel in caches[0].items():
+                meta = kernel.metadata
+                rows.append({"key": str(key), "n_regs": kernel.n_regs,
+                             "n_spills": kernel.n_spills, "num_warps": meta.num_warps,
+                             "num_stages": meta.num_stages, "shared": meta.shared})
+    except (AttributeError, IndexError, TypeError) as error:
+        rows.append({"error": f"{type(error).__name__}: {error}"})
+    with open(path, "w") as file:
+        json.dump(rows, file, indent=1)
+
+
 def pytest_sessionfinish(session, exitstatus):
+    report = os.environ.get("FUSEDRES_KERNEL_REPORT")
+    if report and bench_device().type == "cuda":
+        _write_kernel_report(report)
     config = session.config
     bs = getattr(config, "_benchmarksession", None)
     if bs is None or bs.disabled or bs.skip:

@@ -1,22 +1,37 @@
 #!/usr/bin/env bash
-# One GPU check, at most ~7 minutes on an H100: card and versions, the GPU test suite, the
-# model and layer benchmarks (fp16 batch 256 first, with torch.compile), JSON and a markdown
-# summary, all written to OUTDIR.
-#
-# Time plan (seconds, each a hard limit): install 15, GPU tests 75, inspect 90, models 180, layers 60,
-# small batches and other dtypes 75 only while under 330 s.  The first call of every kernel
-# geometry autotunes over ~6 configs, each compiled once (~1 s): the models stage pays that
-# for ResNet-18/34/50 at fp16 batch 256 and the layers stage reuses Triton's compile cache.
-# A stage that hits its limit is interrupted like Ctrl-C, so pytest-benchmark still writes
-# the JSON of every benchmark it finished.
+# One GPU check in one device call of at most 8 minutes (H100/H200, 16 cores): card and
+# versions, a parallel warm-up compile, the model and layer benchmarks (fp16 batch 256 first,
+# with torch.compile and CUDA graphs), the GPU tests, `fusedres inspect` for the card's
+# architecture and small batches; raw results and a markdown summary in OUTDIR.
 #
 #   bash benchmarks/gpu_check.sh OUTDIR
 #
-# Runs offline: torch, triton, torchvision, pytest, pytest-benchmark and hypothesis must be
-# installed.  Every stage has its own time limit and the script goes on after a failing
-# stage, so OUTDIR always holds what was measured; the exit status is non-zero if any stage
-# failed.  Without a CUDA device it does a dry run of the same stages on a tiny CPU
-# selection (to check the script itself).
+# Time plan (seconds; each stage has a hard limit, and a stage is skipped when starting it
+# could overrun the 460 s total).  Estimates from counts made on CPU with Triton 3.6 (the GPU
+# machine's version): a compile takes ~1 s (the 7x7 stem's up to 4.5 s), a worker process
+# start ~2 s, a tuner benchmark ~40 ms.
+#   environment    10   nvidia-smi, versions
+#   warmup         90   ResNet-18/34/50 fp16 at batch 256 and 1: ~45 geometries x 6 configs
+#                       = ~270 compiles / 16 cores ~ 25-40 s, through Triton's JIT into its cache
+#   first_call     50   two fresh processes time ResNet-50's first forward after the warm-up
+#                       (the first runs the tuner: ~144 x 40 ms; the second finds it stored)
+#   models        170   fp16 b256, 3 models x (eager, eager NCHW, fused, CUDA graphs, compile):
+#                       tuner ~24 geometries x 6 x 40 ms ~ 6 s per model, torch.compile
+#                       ~30-45 s per model (the bulk), timing 1 s per model
+#   layers         60   ~30 layer geometries x (warm-up + 0.5 s interleaved); tuner choices
+#                       are read from disk (stored by the models stage), nothing re-benchmarks
+#   gpu_tests      75   pytest -m gpu, FUSEDRES_AUTOTUNE=0 (one default config per geometry:
+#                       numerics, not the tuner; one test autotunes on purpose)
+#   inspect        30   sm_90 ResNet-50 fp16 table; its compiles hit Triton's cache
+#   models_small   60   fp16 batch 1 (launch-bound: CUDA graphs) for ResNet-18/50
+#
+# Runs from the source checkout (PYTHONPATH), no pip install: torch, triton, torchvision,
+# pytest, pytest-benchmark and hypothesis must be installed.  Stage output, JSON, the
+# launched kernels' registers and the tuner's records are packed after every stage into
+# OUTDIR/gpu_check.tar.gz, beside OUTDIR/summary.md and OUTDIR/log.txt, so a run cut off
+# from outside still returns what it measured.  The exit status is non-zero if any stage
+# failed or was skipped.  Without a CUDA device it does a dry run of the same stages on a
+# tiny CPU selection (to check the script itself).
 set -uo pipefail
 
 OUT=${1:?usage: benchmarks/gpu_check.sh OUTDIR}
@@ -24,45 +39,68 @@ mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 cd "$(dirname "$0")/.."
 START=$SECONDS
+TOTAL=460
 STATUS=0
+WORK=$(mktemp -d /tmp/fusedres-gpu-check.XXXXXX)
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1
+# One Triton cache for every stage: compiles and tuner choices carry over.
+export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-$WORK/triton-cache}
+unset TRITON_INTERPRET
+
 log() { echo "[gpu_check $((SECONDS - START))s] $*" | tee -a "$OUT/log.txt"; }
 
-# stage NAME LIMIT_S COMMAND...: run with a time limit, output to OUT/NAME.txt.
-stage() {
-    local name=$1 limit=$2; shift 2
-    log "$name: $*"
-    timeout --signal=INT --kill-after=20 "$limit" "$@" >"$OUT/$name.txt" 2>&1
-    local rc=$?
-    [ "$rc" -eq 0 ] || { STATUS=1; log "$name: exit status $rc (124: over its ${limit}s limit)"; }
-    tail -n 3 "$OUT/$name.txt" | sed 's/^/    /'
+pack() {
+    cp -f "$OUT/log.txt" "$WORK/" 2>/dev/null
+    [ -d "$TRITON_CACHE_DIR/fusedres-autotune" ] && cp -rf "$TRITON_CACHE_DIR/fusedres-autotune" "$WORK/"
+    tar czf "$OUT/gpu_check.tar.gz" -C "$WORK" --exclude triton-cache . 2>/dev/null
 }
 
-stage install 60 pip install -e . --no-deps --no-build-isolation
+# stage NAME LIMIT_S COMMAND...: run with a time limit, output to WORK/NAME.txt; skipped
+# when it could overrun the total.
+stage() {
+    local name=$1 limit=$2; shift 2
+    if [ $((SECONDS - START + limit)) -gt "$TOTAL" ]; then
+        local left=$((TOTAL - (SECONDS - START)))
+        if [ "$left" -lt 20 ]; then
+            STATUS=1; log "$name: SKIPPED, ${left}s of the ${TOTAL}s budget left"; return
+        fi
+        log "$name: limit cut from ${limit}s to ${left}s to fit the budget"; limit=$left
+    fi
+    log "$name (limit ${limit}s): $*"
+    timeout --signal=INT --kill-after=15 "$limit" "$@" >"$WORK/$name.txt" 2>&1
+    local rc=$?
+    [ "$rc" -eq 0 ] || { STATUS=1; log "$name: exit status $rc (124: over its ${limit}s limit)"; }
+    tail -n 4 "$WORK/$name.txt" | sed 's/^/    /' | tee -a "$OUT/log.txt"
+    pack
+}
+
+log "plan: environment 10, warmup 90, first_call 50, models 170, layers 60, gpu_tests 75, inspect 30, models_small 60 (s; total budget ${TOTAL}s)"
 
 if python -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
     DRY=0
-    # fp16 batch 256: the targets.  The rest is a trimmed look at small batches and dtypes.
+    MODELS="resnet18 resnet34 resnet50"
     HEADLINE="float16 and b256 and not bfloat16"
-    # batch 32 in all three dtypes, then batch 1 fp16 (launch-bound latency).
-    SMALL="resnet18 and (b32 or (b1 and float16 and not bfloat16))"
+    SMALL="(resnet18 or resnet50) and b1- and float16 and not bfloat16"
     LAYERS=""
 else
     DRY=1
     log "no CUDA device: dry run on a tiny CPU selection"
-    HEADLINE="resnet18 and b1"
-    SMALL="resnet18 and b8"
+    MODELS="resnet18"
+    HEADLINE="resnet18 and b1-"
+    SMALL="resnet18 and b8-"
     LAYERS="64x56x56-64-k3s1"
 fi
 
-{
+environment() {
     echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-    echo "commit: $(git rev-parse HEAD 2>/dev/null || echo unknown)"
+    echo "commit: $(git rev-parse HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo ' (with uncommitted changes)')"
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1 \
         || echo "nvidia-smi: not available"
     python - <<'EOF'
-import torch, triton
+import numpy, torch, triton
 print(f"torch {torch.__version__}  cuda {torch.version.cuda}  cudnn {torch.backends.cudnn.version()}")
-print(f"triton {triton.__version__}")
+print(f"triton {triton.__version__}  numpy {numpy.__version__}")
 try:
     import torchvision
     print(f"torchvision {torchvision.__version__}")
@@ -71,39 +109,53 @@ except ImportError:
 if torch.cuda.is_available():
     print(f"device {torch.cuda.get_device_name()}  capability {torch.cuda.get_device_capability()}")
 EOF
-} >"$OUT/environment.txt" 2>&1
-log "environment:"; sed 's/^/    /' "$OUT/environment.txt"
-
-stage gpu_tests 75 python -m pytest tests -m gpu -q -p no:cacheprovider
-
-# The autotuner compiles ~6 configs per geometry one after another on first use.  `fusedres
-# inspect` compiles the same specialisations in parallel on every core; where its compile
-# matches the JIT's (same signature, constexprs and options) the Triton cache then serves the
-# autotuner, and either way its table checks this machine's Triton/ptxas (registers, spills).
+}
+environment >"$OUT/environment.txt" 2>&1
+cp -f "$OUT/environment.txt" "$WORK/"
+log "environment:"; sed 's/^/    /' "$OUT/environment.txt" | tee -a "$OUT/log.txt"
 ARCH=$(python -c "import torch; print('sm_%d%d' % torch.cuda.get_device_capability())" 2>/dev/null)
-if [ "$DRY" -eq 0 ] && { [ "$ARCH" = sm_80 ] || [ "$ARCH" = sm_90 ]; }; then
-    stage inspect 90 bash -c "for m in resnet50 resnet18 resnet34; do
-        python -m fusedres inspect --model \$m --dtype float16 --arch $ARCH --batch 256; done"
+
+if [ "$DRY" -eq 0 ]; then
+    # shellcheck disable=SC2086
+    stage warmup 90 python -m fusedres warmup --model $MODELS --dtype float16 --batch 256 1
+else  # the same command, compiling for sm_90 on the CPU
+    stage warmup 90 python -m fusedres warmup --model $MODELS --dtype float16 --batch 256 \
+        --arch sm_90
+fi
+
+if [ "$DRY" -eq 0 ]; then
+    # A fresh process after the warm-up (compiles: expect 0; the tuner benchmarks), then a
+    # second one that finds the tuning stored.
+    stage first_call 50 bash -c "python -m benchmarks.first_call --model resnet50 && \
+        python -m benchmarks.first_call --model resnet50"
 else
-    log "inspect: skipped (dry run, or no sm_80/sm_90 device: ${ARCH:-none})"
+    log "first_call: skipped (dry run: needs a CUDA device)"
 fi
 
 BENCH=(python -m pytest -q -p no:cacheprovider --benchmark-only --min-speedup 0
        --benchmark-columns=median,iqr,rounds)
-# Models first (their autotuning also serves the layer run: same geometries, warm cache).
-stage models 180 "${BENCH[@]}" benchmarks/test_models.py -k "$HEADLINE" --bench-compile on \
-    --benchmark-json "$OUT/models.json"
+export FUSEDRES_KERNEL_REPORT="$WORK/kernels_models.json"
+stage models 170 "${BENCH[@]}" benchmarks/test_models.py -k "$HEADLINE" --bench-compile on \
+    --benchmark-json "$WORK/models.json"
+export FUSEDRES_KERNEL_REPORT="$WORK/kernels_layers.json"
 stage layers 60 "${BENCH[@]}" benchmarks/test_layers.py ${LAYERS:+-k "$LAYERS"} \
-    --benchmark-json "$OUT/layers.json"
-if [ $((SECONDS - START)) -lt 330 ]; then
-    stage models_small 75 "${BENCH[@]}" benchmarks/test_models.py -k "$SMALL" \
-        --bench-compile off --benchmark-json "$OUT/models_small.json"
+    --benchmark-json "$WORK/layers.json"
+unset FUSEDRES_KERNEL_REPORT
+
+# On a CPU every GPU test skips with its reason (the command itself is checked).
+stage gpu_tests 75 env FUSEDRES_AUTOTUNE=0 python -m pytest tests -m gpu -q -p no:cacheprovider -rs
+
+if [ "$DRY" -eq 0 ] && { [ "$ARCH" = sm_80 ] || [ "$ARCH" = sm_90 ]; }; then
+    stage inspect 30 python -m fusedres inspect --model resnet50 --dtype float16 --arch "$ARCH"
 else
-    log "models_small: skipped, not enough of the 7-minute budget left"
+    log "inspect: skipped (dry run, or no sm_80/sm_90 device: ${ARCH:-none})"
 fi
 
+stage models_small 60 "${BENCH[@]}" benchmarks/test_models.py -k "$SMALL" --bench-compile off \
+    --benchmark-json "$WORK/models_small.json"
+
 JSONS=()
-for f in models layers models_small; do [ -s "$OUT/$f.json" ] && JSONS+=("$OUT/$f.json"); done
+for f in models layers models_small; do [ -s "$WORK/$f.json" ] && JSONS+=("$WORK/$f.json"); done
 if [ ${#JSONS[@]} -gt 0 ]; then
     python -m benchmarks.summary "${JSONS[@]}" --min-speedup 1.0 >"$OUT/summary.md" \
         || { STATUS=1; log "summary failed"; }
@@ -115,4 +167,5 @@ else
     STATUS=1; log "no benchmark JSON was written"
 fi
 log "done (exit status $STATUS)"
+pack
 exit "$STATUS"

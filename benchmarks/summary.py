@@ -37,7 +37,7 @@ def _cell(value, fmt):
 
 
 def model_rows(table):
-    contenders = ("eager", "eager_nchw", "fused", "compile")
+    contenders = ("eager", "eager_nchw", "fused", "fused_graphs", "compile")
     lines = ["| configuration | " + " | ".join(f"{c} img/s" for c in contenders)
              + " | fused/eager | fused/compile | fused TFLOP/s |",
              "|---" * (len(contenders) + 4) + "|"]
@@ -56,8 +56,8 @@ def model_rows(table):
 
 
 def layer_rows(table):
-    lines = ["| layer | eager ms | fused ms | speedup | fused TFLOP/s | fused GB/s |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| layer | eager ms | fused ms | speedup | fused TFLOP/s | fused GB/s | config |",
+             "|---|---|---|---|---|---|---|"]
     for key, runs in sorted(table.items()):
         if not key.startswith("test_layer") or "fused" not in runs or "eager" not in runs:
             continue
@@ -66,7 +66,8 @@ def layer_rows(table):
                      f"{fused['stats']['median'] * 1e3:.3f} | "
                      f"{eager['stats']['median'] / fused['stats']['median']:.2f} | "
                      f"{fused['extra_info']['tflop_per_s']:.2f} | "
-                     f"{fused['extra_info']['gb_per_s']:.1f} |")
+                     f"{fused['extra_info']['gb_per_s']:.1f} | "
+                     f"{fused['extra_info'].get('config', '-')} |")
     return lines
 
 

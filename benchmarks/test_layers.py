@@ -9,6 +9,7 @@ import fusedres
 from benchmarks import costs
 from fusedres import ops
 from fusedres.folding import FoldCache
+from fusedres.kernels import autotune, cudnn_allows_tf32, fused_conv
 from fusedres.trace import trace_launches, unique
 
 # (batch, size, dtype) the models are traced at.  GPU: the headline configuration.  CPU:
@@ -86,6 +87,14 @@ def layer_contenders(spec, device):
     return {"eager": eager, "fused": fused}
 
 
+def chosen_config(spec):
+    """The config the GPU launch of ``spec`` ran with in this process ("-" on CPU)."""
+    ints, consts = fused_conv.launch_scalars(**spec._asdict(), allow_tf32=cudnn_allows_tf32(),
+                                             interpreted=False)
+    config = fused_conv.chosen_config(ints, consts, spec.dtype)
+    return autotune.describe(config) if config is not None else "-"
+
+
 @pytest.mark.parametrize("layer", list(LAYERS))
 def test_layer(measure_pair, device, layer):
     spec = LAYERS[layer]
@@ -93,4 +102,5 @@ def test_layer(measure_pair, device, layer):
     oh, ow = costs.output_size(spec)
     outputs = spec.batch * oh * ow * spec.c_out
     measure_pair(layer_contenders(spec, device),
-                 lambda median: costs.throughput(outputs, median, flops, nbytes, "outputs"))
+                 lambda median: {**costs.throughput(outputs, median, flops, nbytes, "outputs"),
+                                 "config": chosen_config(spec)})

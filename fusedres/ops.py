@@ -105,7 +105,7 @@ def conv_bn_act(x, conv, bn, cache, *, relu, residual=None, shortcut=None):
                 x, f.weight, f.bias, residual, None if shortcut is None else xs,
                 f.shortcut_weight, list(conv.kernel_size), conv.stride[0], conv.padding[0],
                 conv.dilation[0], conv.groups, 1 if shortcut is None else conv_s.stride[0],
-                relu, torch.backends.cudnn.allow_tf32)
+                relu, kernels.cudnn_allows_tf32())
         # Eager calls skip the dispatcher (microseconds per step matter at batch 1).
         return kernels.conv_bn_act(
             x, f.weight, f.bias, kernel_size=conv.kernel_size, stride=conv.stride[0],

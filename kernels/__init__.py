@@ -2,7 +2,9 @@
 
 Knows tensors, shapes and dtypes; never imports from ``fusedres``.
 """
-from .conv_bn_act import GPU_CONFIGS, INTERPRETED, SUPPORTED_DTYPES, conv_bn_act
+from .fused_conv import (GPU_CONFIGS, INTERPRETED, SUPPORTED_DTYPES, conv_bn_act,
+                          cudnn_allows_tf32)
 from .layout import pack_weight
 
-__all__ = ["GPU_CONFIGS", "INTERPRETED", "SUPPORTED_DTYPES", "conv_bn_act", "pack_weight"]
+__all__ = ["GPU_CONFIGS", "INTERPRETED", "SUPPORTED_DTYPES", "conv_bn_act", "cudnn_allows_tf32",
+           "pack_weight"]

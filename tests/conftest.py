@@ -15,9 +15,26 @@ if not HAS_CUDA:
 
 import fusedres  # noqa: E402  (after TRITON_INTERPRET is settled)
 
+
+def _interpreter_breaks():
+    """Triton 3.6's CPU interpreter fails with NumPy 2.4 and newer ("only 0-dimensional arrays
+    can be converted to Python scalars", interpreter.py): say so once, not in every test."""
+    import numpy
+    import triton
+    version = lambda text: tuple(int(p) for p in text.split(".")[:2])  # noqa: E731
+    if fusedres.kernels.INTERPRETED and version(triton.__version__) < (3, 7) \
+            and version(numpy.__version__) >= (2, 4):
+        return (f"Triton {triton.__version__}'s interpreter does not work with NumPy "
+                f"{numpy.__version__}: install numpy<2.4, or Triton 3.7+ (see README)")
+    return None
+
+
+if _interpreter_breaks():
+    pytest.exit(_interpreter_breaks(), returncode=pytest.ExitCode.USAGE_ERROR)
+
 DEVICE = torch.device("cuda" if HAS_CUDA else "cpu")
 # fp32 convolutions run as TF32 on the GPU (as eager cuDNN does) unless it is switched off.
-TF32 = HAS_CUDA and torch.backends.cudnn.allow_tf32
+TF32 = HAS_CUDA and fusedres.kernels.cudnn_allows_tf32()
 
 
 def pytest_report_header(config):

@@ -224,3 +224,33 @@ def test_cuda_module_and_autocast():
         eager = torch.relu(bn(conv(x)))
     assert out.dtype == eager.dtype == torch.float16
     assert_close_to_reference(out, _eager_reference(conv, bn, x.half().float()), 4 * rel_tol(torch.float16))
+
+
+@pytest.mark.parametrize("where", ["input", "residual", "weight", "running_var"])
+def test_nan_and_inf_reach_the_output_where_eager_puts_them(where, backend, count_launches):
+    # A plain max(acc, 0) turns NaN into 0 and would hide an fp16 overflow behind a healthy
+    # looking output; eager's relu keeps it.  Padding must not create NaN either.
+    conv, bn = conv_bn_pair(8, 8, 3, 1, 1)
+    x = torch.randn(2, 8, 9, 7)
+    residual = torch.randn(2, 8, 9, 7)
+    with torch.no_grad():
+        if where == "input":
+            x[0, 1, 4, 3] = float("nan")
+            x[1, 5, 0, 0] = float("inf")
+        elif where == "residual":
+            residual[1, 2, 8, 6] = float("nan")
+            residual[0, 0, 0, 0] = -float("inf")
+        elif where == "weight":
+            conv.weight[3, 2, 1, 1] = float("nan")
+        else:
+            bn.running_var[6] = float("nan")
+    fused = FusedConvBN(conv, bn).to(DEVICE).eval()
+    with torch.no_grad():
+        out = fused(x.to(DEVICE), residual.to(DEVICE)).cpu()
+        expected = torch.relu(bn(conv(x)) + residual)
+    assert len(count_launches) == (1 if backend == "triton" else 0)
+    assert expected.isnan().any()
+    assert torch.equal(out.isnan(), expected.isnan())
+    assert torch.equal(out.isinf(), expected.isinf())
+    finite = expected.isfinite()
+    assert torch.allclose(out[finite], expected[finite], rtol=1e-2, atol=1e-2)

@@ -9,7 +9,8 @@ import argparse
 import pytest
 import torch
 
-from fusedres import gpu_inspect
+from fusedres import cli, gpu_inspect
+from fusedres.kernels import cudnn_allows_tf32, fused_conv
 
 MODELS = ("resnet18", "resnet50")
 DTYPES = ("float16", "float32")
@@ -36,8 +37,8 @@ def _a_3x3_spec(dtype):
 def compiled_cases():
     """Compile every case's specialisations in one parallel pass: the cases share most of
     their kernels, and the tests below then read the result cache."""
-    allow_tf32 = torch.backends.cudnn.allow_tf32
-    jobs = [gpu_inspect.compile_job(spec, config, gpu_inspect.ARCHES[arch], allow_tf32)
+    allow_tf32 = cudnn_allows_tf32()
+    jobs = [gpu_inspect.Job(spec, config, gpu_inspect.ARCHES[arch], allow_tf32)
             for model, dtype, arch in CASES
             for spec in gpu_inspect.specialisations(model, gpu_inspect.DTYPES[dtype])
             for config in gpu_inspect.candidate_configs(spec)]
@@ -53,7 +54,7 @@ def test_inspect_is_clean(compiled_cases, model, dtype, arch, capsys):
 
 @pytest.mark.parametrize("model,dtype,arch", CASES)
 def test_rows_carry_registers_and_tensor_cores(compiled_cases, model, dtype, arch):
-    allow_tf32 = torch.backends.cudnn.allow_tf32
+    allow_tf32 = cudnn_allows_tf32()
     rows = gpu_inspect.inspect_model(model, gpu_inspect.DTYPES[dtype], gpu_inspect.ARCHES[arch],
                                      allow_tf32=allow_tf32)
     assert len({row.spec for row in rows}) >= 5
@@ -109,16 +110,24 @@ def test_ieee_fp32_needs_no_tensor_cores():
     assert gpu_inspect.check(result, 90, needs_tensor_core=False) == []
 
 
-def test_signature_matches_the_launcher():
+def test_scalars_match_the_launcher():
     spec = _a_3x3_spec(torch.bfloat16)
-    job = gpu_inspect.compile_job(spec, gpu_inspect.candidate_configs(spec)[0], 90, True)
-    signature, constexprs = dict(job.signature), dict(job.constexprs)
-    assert signature["x_ptr"] == "*bf16" and signature["bias_ptr"] == "*fp32"
-    assert signature["M"] == "i32" and "M" in job.divisible_by_16
+    ints, constexprs = fused_conv.launch_scalars(**spec._asdict(), allow_tf32=True,
+                                                 interpreted=False)
+    assert ints["M"] == 256 * 56 * 56 and ints["C_in"] == 64
     assert constexprs["DOT_PRECISION"] == "ieee" and constexprs["UPCAST_DOT"] is False
     assert (constexprs["KH"], constexprs["GATHER_K"]) == (3, False)
     # 256 images of 224x224 keep every activation tensor below 2**31 elements.
     assert constexprs["INDEX_64"] is False
+
+
+def test_warmup_cli_compiles_every_candidate(compiled_cases, capsys):
+    # Same kernels as the inspect cases: Triton's cache serves them, so this takes seconds.
+    assert cli.main(["warmup", "--model", "resnet18", "--dtype", "float16",
+                     "--arch", "sm_90"]) == 0
+    geometries = len(gpu_inspect.specialisations("resnet18", torch.float16))
+    compiles = geometries * len(fused_conv.HALF_CONFIGS)
+    assert f"compiled {compiles} kernels for {geometries} geometries" in capsys.readouterr().out
 
 
 def test_a_config_that_cannot_compile_is_reported():

@@ -4,7 +4,6 @@ On a CPU-only machine this runs the Triton kernel under the interpreter (tests/c
 on a GPU, natively.  Outputs are poisoned with NaN before every launch, so an element the
 kernel fails to write fails the test.
 """
-import importlib
 
 import pytest
 import torch
@@ -18,7 +17,7 @@ from .conftest import DEVICE
 from .numerics import assert_close_to_reference, rel_tol
 
 # The kernel module itself: the package re-exports its launcher under the same name.
-kernel_module = importlib.import_module("fusedres.kernels.conv_bn_act")
+from fusedres.kernels import fused_conv as kernel_module
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
@@ -315,3 +314,17 @@ def test_int64_offsets_past_2_to_the_31():
     tail = x[-1:, :, -4:, -4:]
     ref = F.conv2d(tail.double(), weight.double())
     assert_close_to_reference(out[-1:, :, -4:, -4:], ref, rel_tol(torch.float16), "tail")
+
+
+@pytest.mark.parametrize("conv_precision,expected", [("ieee", False), ("tf32", True)])
+def test_tf32_follows_the_convolution_precision_api(conv_precision, expected):
+    # Reading allow_tf32 raises once the newer fp32_precision API has been used.
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if conv is None or not hasattr(conv, "fp32_precision"):
+        pytest.skip("this torch has no torch.backends.cudnn.conv.fp32_precision")
+    previous = conv.fp32_precision
+    try:
+        conv.fp32_precision = conv_precision
+        assert kernel_module.cudnn_allows_tf32() is expected
+    finally:
+        conv.fp32_precision = previous

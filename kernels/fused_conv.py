@@ -25,13 +25,25 @@ import torch
 import triton
 import triton.language as tl
 
-# triton.jit hands out interpreted functions exactly when this variable is set at import.
-INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
+from . import autotune
+
+
+def _triton_interprets() -> bool:
+    """Triton's own reading of TRITON_INTERPRET (it accepts 1/true/on/yes), so that this module
+    and triton.jit, which hands out interpreted functions exactly when it is set at import,
+    never disagree."""
+    knobs = getattr(triton, "knobs", None)
+    if knobs is not None:
+        return bool(knobs.runtime.interpret)
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
+
+
+INTERPRETED = _triton_interprets()
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
-# Curated GPU configs, one list per activation element size; the autotuner tries the list for
-# the input's dtype per geometry (the autotune key) on first use.  `fusedres inspect` checks
+# Curated GPU configs, one list per activation element size; the tuner (kernels/autotune.py)
+# tries the list for the input's dtype once per geometry and machine and stores the winner.  `fusedres inspect` checks
 # that each compiles for sm_80 and sm_90 without register spills, within shared memory and on
 # tensor cores, for every ResNet-18/34/50 specialisation (ResNeXt-50: clean in fp16/bf16 on
 # sm_90; its grouped 3x3 convolutions still spill with some configs on sm_80 and in fp32).
@@ -64,11 +76,9 @@ FLOAT_CONFIGS = [
 ]
 GPU_CONFIGS = HALF_CONFIGS + FLOAT_CONFIGS
 
-AUTOTUNE_KEY = [
-    "M", "C_in", "H", "W", "C_out", "C_short",
-    "KH", "KW", "STRIDE", "PAD", "DIL", "GROUPS", "STRIDE_SHORT", "GATHER_K",
-    "HAS_SHORTCUT", "HAS_RESIDUAL", "RELU", "DOT_PRECISION", "INDEX_64",
-]
+# A tile count that fills an H100/H200 (132 SMs) about twice: below it, smaller tiles win
+# by giving every SM work.
+_FULL_GRID = 256
 
 # Below this many input channels per group the flattened K walk wastes less of each tile.
 GATHER_K_BELOW = 16
@@ -193,7 +203,9 @@ def _conv_bn_act_kernel(
     if HAS_RESIDUAL:
         acc += tl.load(res_ptr + out_off, mask=out_mask, other=0.0).to(tl.float32)
     if RELU:
-        acc = tl.maximum(acc, 0.0)
+        # torch.relu keeps NaN; a plain maximum (and PTX max) would turn it into 0 and hide an
+        # overflow.
+        acc = tl.maximum(acc, 0.0, propagate_nan=tl.PropagateNan.ALL)
     tl.store(out_ptr + out_off, acc.to(out_ptr.dtype.element_ty), mask=out_mask)
 
 
@@ -202,14 +214,19 @@ def configs_for(element_size):
     return FLOAT_CONFIGS if element_size == 4 else HALF_CONFIGS
 
 
-def _prune_configs(configs, named_args, **kwargs):
-    # triton.autotune's early_config_prune hook: only the list for the input's dtype.
-    return configs_for(named_args["x_ptr"].element_size())
+def default_config(m, cout_g, element_size):
+    """The config used without autotuning (FUSEDRES_AUTOTUNE=0): the widest tile whose grid
+    still fills the GPU, a narrower one for 64-channel layers, 64x64 for small grids."""
+    configs = configs_for(element_size)
+    by_tile = {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]): c for c in configs}
+    if cout_g >= 128 and triton.cdiv(m, 128) * triton.cdiv(cout_g, 128) >= _FULL_GRID:
+        return by_tile[128, 128]
+    if cout_g <= 64 and triton.cdiv(m, 128) >= _FULL_GRID:
+        return by_tile[128, 64]
+    return by_tile[64, 64]
 
 
-_conv_bn_act_tuned = triton.autotune(
-    configs=GPU_CONFIGS, key=AUTOTUNE_KEY,
-    prune_configs_by={"early_config_prune": _prune_configs})(_conv_bn_act_kernel)
+_TUNER = autotune.Tuner("conv_bn_act", __file__)
 
 
 def interpreter_config(cin_g, cout_g, m, gather_k, k_total):
@@ -248,6 +265,24 @@ def _check_packed(name, t, rows, c_out, device, dtype):
 
 def _out_size(size, k, stride, pad, dil):
     return (size + 2 * pad - dil * (k - 1) - 1) // stride + 1
+
+
+# torch.compile cannot trace torch.backends' attribute reads; the setting is read once, when
+# the graph is traced, and baked into it (as a plain ``allow_tf32`` read was).
+@torch.compiler.assume_constant_result
+def cudnn_allows_tf32() -> bool:
+    """Whether eager cuDNN convolutions round fp32 to TF32 now: the convolution's
+    ``fp32_precision`` where this torch has that API (reading ``allow_tf32`` there raises once
+    a precision is set), inherited from cuDNN's and then the global one while "none";
+    ``allow_tf32`` on older torch."""
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if conv is None or not hasattr(conv, "fp32_precision"):
+        return torch.backends.cudnn.allow_tf32
+    for precision in (conv.fp32_precision, getattr(torch.backends.cudnn, "fp32_precision", "none"),
+                      getattr(torch.backends, "fp32_precision", "none")):
+        if precision != "none":
+            return precision == "tf32"
+    return True  # torch's default for cuDNN convolutions
 
 
 def launch_scalars(*, batch, c_in, height, width, c_out, kernel_size, stride, padding, dilation,
@@ -290,8 +325,8 @@ def conv_bn_act(x, weight, bias, *, kernel_size, stride=1, padding=0, dilation=1
               bias must already be included in ``bias``.
     residual: optional tensor of the output's shape, added before the ReLU.
     out:      optional preallocated output (channels_last, output shape and dtype).
-    allow_tf32: fp32 inputs only; defaults to ``torch.backends.cudnn.allow_tf32`` so that the
-              kernel rounds like eager cuDNN.
+    allow_tf32: fp32 inputs only; defaults to ``cudnn_allows_tf32()`` so that the kernel
+              rounds like eager cuDNN.
     Returns the output as a channels_last [N, C_out, OH, OW] tensor.
     """
     if not isinstance(x, torch.Tensor):
@@ -363,7 +398,7 @@ def conv_bn_act(x, weight, bias, *, kernel_size, stride=1, padding=0, dilation=1
         return out
 
     if allow_tf32 is None:
-        allow_tf32 = torch.backends.cudnn.allow_tf32
+        allow_tf32 = cudnn_allows_tf32()
     ints, consts = launch_scalars(
         batch=n, c_in=c_in, height=h, width=w, c_out=c_out, kernel_size=(kh, kw), stride=stride,
         padding=padding, dilation=dilation, groups=groups, relu=relu,
@@ -372,16 +407,48 @@ def conv_bn_act(x, weight, bias, *, kernel_size, stride=1, padding=0, dilation=1
         dtype=dtype, allow_tf32=allow_tf32)
     m = ints["M"]
     cout_g = c_out // groups
-    gather_k = consts["GATHER_K"]
     args = (x, weight, bias, xs, ws, residual if residual is not None else out, out,
             *ints.values())
 
-    def grid(meta):
-        return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(cout_g, meta["BLOCK_N"]), groups)
+    def launch(config):
+        grid = (triton.cdiv(m, config.kwargs["BLOCK_M"]) * triton.cdiv(cout_g, config.kwargs["BLOCK_N"]),
+                groups)
+        _conv_bn_act_kernel[grid](*args, **consts, **autotune.launch_options(config))
 
     if INTERPRETED:
-        config = interpreter_config(cin_g, cout_g, m, gather_k, kh * kw * cin_g)
-        _conv_bn_act_kernel[grid](*args, **consts, **config)
+        launch(triton.Config(interpreter_config(cin_g, cout_g, m, consts["GATHER_K"],
+                                                kh * kw * cin_g)))
     else:
-        _conv_bn_act_tuned[grid](*args, **consts)
+        launch(choose_config(ints, consts, dtype, launch, device))
     return out
+
+
+def choose_config(ints, consts, dtype, launch, device):
+    """The GPU config for one launch: the tuner's pick among ``configs_for`` (it calls
+    ``launch(config)`` to time candidates the first time a geometry is seen on this machine),
+    or ``default_config`` when autotuning is off."""
+    element_size = torch.empty((), dtype=dtype).element_size()
+    if not autotune.enabled():
+        return default_config(ints["M"], ints["C_out"] // consts["GROUPS"], element_size)
+    return _TUNER.pick(tuning_key(ints, consts, dtype), configs_for(element_size), launch, device)
+
+
+def tuning_key(ints, consts, dtype):
+    """What the tuner's choice depends on: the dtype, every integer argument and constexpr."""
+    return (str(dtype), *ints.items(), *sorted(consts.items()))
+
+
+def chosen_config(ints, consts, dtype):
+    """The config the tuner picked in this process for this launch, or None."""
+    return _TUNER.chosen().get(tuning_key(ints, consts, dtype))
+
+
+def compile_ahead(ints, consts, dtype, config):
+    """Compile, without launching or allocating, the kernel that ``conv_bn_act`` launches for
+    these scalars with ``config``: Triton's own JIT warm-up, so the cache key is the launch's
+    (mock pointers of the right dtypes stand in for the tensors; PyTorch's allocations are
+    16-byte aligned, as the mocks claim).  Returns Triton's compiled kernel (None when a
+    ``jit_cache_hook`` skipped the compile)."""
+    pointers = (dtype, dtype, torch.float32, dtype, dtype, dtype, dtype)
+    return _conv_bn_act_kernel.warmup(*pointers, *ints.values(), **consts,
+                                      **autotune.launch_options(config), grid=(1,))

@@ -1,0 +1,285 @@
+"""Ahead-of-time compilation of the kernels a model will launch, in parallel, through Triton's
+own JIT, so the result lands in Triton's cache under the very key the launch looks up.
+
+A job is one traced launch (``trace.LaunchSpec``) with one config, for one target
+architecture.  Each job is compiled by ``compile_ahead`` in the kernel module, which calls
+the JIT's ``warmup``: the same binder, specialisation, constexprs and options as a real
+launch, with mock pointers in place of tensors.  Nothing here re-derives Triton's cache key;
+the test suite checks that a warm-up and a real launch produce the same key
+(``jit_cache_keys``).
+
+Compiles run in fresh worker processes (one per core), each with a stand-in Triton driver
+that names the target: no GPU is needed, none is touched (16 CUDA contexts would cost memory
+and seconds), and the same code serves ``fusedres warmup`` on a GPU machine and
+``fusedres inspect`` on a CPU-only one.
+"""
+import contextlib
+import dataclasses
+import os
+import pickle
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from typing import NamedTuple, Optional
+
+import torch
+import triton
+
+from . import kernels
+from .kernels import fused_conv as conv_kernel
+from .trace import LaunchSpec
+
+# Tensor-core matrix instructions in PTX, best first: Hopper's warpgroup MMA, then the
+# Ampere-style warp MMA (also valid, but slower, on sm_90).
+TENSOR_CORE_OPS = ("wgmma", "mma.sync")
+
+
+class TileConfig(NamedTuple):
+    """One autotune config, in a picklable, printable form."""
+    block_m: int
+    block_n: int
+    block_k: int
+    num_warps: int
+    num_stages: int
+
+    @classmethod
+    def from_triton(cls, config: triton.Config) -> "TileConfig":
+        kw = config.kwargs
+        return cls(kw["BLOCK_M"], kw["BLOCK_N"], kw["BLOCK_K"], config.num_warps, config.num_stages)
+
+    def to_triton(self) -> triton.Config:
+        return triton.Config({"BLOCK_M": self.block_m, "BLOCK_N": self.block_n,
+                              "BLOCK_K": self.block_k},
+                             num_warps=self.num_warps, num_stages=self.num_stages)
+
+    def describe(self) -> str:
+        return (f"{self.block_m}x{self.block_n}x{self.block_k} "
+                f"w{self.num_warps} s{self.num_stages}")
+
+
+class Job(NamedTuple):
+    """One compile: a traced launch, a config, a target (80 = sm_80, 90 = sm_90) and the TF32
+    setting the launch would read."""
+    spec: LaunchSpec
+    config: TileConfig
+    arch: int
+    allow_tf32: bool
+
+
+@dataclasses.dataclass
+class CompileResult:
+    """What one compile produced.  ``error`` is set (and the counts are None) when it failed."""
+    registers: Optional[int] = None
+    stack_bytes: Optional[int] = None
+    shared_bytes: Optional[int] = None
+    tensor_core: Optional[str] = None  # one of TENSOR_CORE_OPS, or None
+    seconds: float = 0.0
+    error: Optional[str] = None
+    cached: bool = False
+
+
+def candidate_configs(spec: LaunchSpec, autotuning: Optional[bool] = None):
+    """The configs a launch of ``spec`` may use: the tuner's list for its dtype, or only the
+    heuristic default when autotuning is off."""
+    element_size = torch.empty((), dtype=spec.dtype).element_size()
+    if autotuning is None:
+        autotuning = kernels.autotune.enabled()
+    if autotuning:
+        return [TileConfig.from_triton(c) for c in conv_kernel.configs_for(element_size)]
+    ints, consts = _scalars(spec, allow_tf32=False)
+    return [TileConfig.from_triton(conv_kernel.default_config(
+        ints["M"], ints["C_out"] // consts["GROUPS"], element_size))]
+
+
+def _scalars(spec, allow_tf32):
+    return conv_kernel.launch_scalars(**spec._asdict(), allow_tf32=allow_tf32, interpreted=False)
+
+
+# ---------------------------------------------------------------- the JIT, on a named target
+
+class _TargetDriver:
+    """Stands in for Triton's CUDA driver where the JIT asks which device and target it
+    compiles for; it can launch nothing, which a warm-up never does."""
+
+    def __init__(self, arch):
+        from triton.backends.compiler import GPUTarget
+        self.target = GPUTarget("cuda", arch, 32)
+
+    def get_current_device(self):
+        return 0
+
+    def get_current_stream(self, device=None):
+        return 0
+
+    def get_current_target(self):
+        return self.target
+
+
+@contextlib.contextmanager
+def target_driver(arch):
+    """Inside the block, Triton's JIT compiles for ``arch`` whatever device (if any) exists.
+    For worker processes and tests: a process that launches kernels afterwards would find the
+    JIT's per-device state built for this target."""
+    driver = triton.runtime.driver
+    previous = driver._active
+    driver.set_active(_TargetDriver(arch))
+    try:
+        yield
+    finally:
+        driver._active = previous
+
+
+@contextlib.contextmanager
+def jit_cache_keys():
+    """Collect the cache key of every kernel the JIT would compile inside the block, and skip
+    the compile (Triton's ``jit_cache_hook``: the key it computed, just before compiling)."""
+    knobs = triton.knobs.runtime
+    keys, previous = [], knobs.jit_cache_hook
+
+    def record(*, key, **_):
+        keys.append(key)
+        return True  # skip the compile
+
+    knobs.jit_cache_hook = record
+    try:
+        yield keys
+    finally:
+        knobs.jit_cache_hook = previous
+
+
+def compile_here(job: Job):
+    """Compile ``job`` in this process, through the JIT; returns Triton's compiled kernel
+    (None where a ``jit_cache_hook`` skipped it).  Needs a process whose Triton is not the
+    interpreter."""
+    ints, consts = _scalars(job.spec, job.allow_tf32)
+    with target_driver(job.arch):
+        return conv_kernel.compile_ahead(ints, consts, job.spec.dtype, job.config.to_triton())
+
+
+# ---------------------------------------------------------------- parallel compiling
+
+def compile_in_workers(jobs, workers=None, progress=None):
+    """CompileResults for ``jobs`` (in order), each compiled in a fresh Python process
+    (``workers`` at a time, default one per core); ``progress(done, total)`` is called as
+    chunks finish.  Fresh processes, always: one that imported Triton with TRITON_INTERPRET=1
+    (the CPU test suite) holds interpreter versions of triton.language's own helpers, which
+    the GPU compiler cannot lower.  Plain subprocesses rather than multiprocessing, which
+    would re-run the caller's main script in every worker."""
+    jobs = list(jobs)
+    if not jobs:
+        return []
+    workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
+    # About two chunks per worker, handed out as workers free up: compile times differ
+    # between geometries, so a worker stuck with all the slow ones would set the wall time,
+    # while every chunk pays a process start (importing torch: about 2 s).
+    chunk_size = -(-len(jobs) // (workers * 2))
+    chunks = [list(range(i, min(i + chunk_size, len(jobs))))
+              for i in range(0, len(jobs), chunk_size)]
+    env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [_package_root(), env.get("PYTHONPATH")]))
+    results = [None] * len(jobs)
+    done = 0
+    with tempfile.TemporaryDirectory() as folder:
+        running = {}
+        pending = list(enumerate(chunks))
+        try:
+            while pending or running:
+                while pending and len(running) < workers:
+                    number, chunk = pending.pop(0)
+                    output = os.path.join(folder, f"{number}.pickle")
+                    proc = subprocess.Popen([sys.executable, "-c", _WORKER, output],
+                                            stdin=subprocess.PIPE, env=env)
+                    proc.stdin.write(pickle.dumps([jobs[i] for i in chunk]))
+                    proc.stdin.close()
+                    running[proc] = (chunk, output)
+                finished = _wait_any(running)
+                chunk, output = running.pop(finished)
+                if finished.returncode != 0:
+                    raise RuntimeError(f"compile worker exited with status {finished.returncode}")
+                with open(output, "rb") as file:
+                    for i, result in zip(chunk, pickle.load(file)):
+                        results[i] = result
+                done += len(chunk)
+                if progress is not None:
+                    progress(done, len(jobs))
+        finally:  # on an error or Ctrl-C, no worker outlives the run
+            for proc in running:
+                if proc.poll() is None:
+                    proc.kill()
+    return results
+
+
+def _wait_any(running):
+    while True:
+        for proc in running:
+            if proc.poll() is not None:
+                return proc
+        time.sleep(0.02)
+
+
+def _package_root():
+    """The folder that holds the ``fusedres`` package (a checkout's root, or site-packages),
+    so workers import the same code from any working directory."""
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# Run by each worker: pickled jobs on stdin, pickled results to the file named in argv.
+_WORKER = """
+import pickle, sys
+from fusedres.aot import compile_and_measure
+results = [compile_and_measure(job) for job in pickle.load(sys.stdin.buffer)]
+with open(sys.argv[1], "wb") as file:
+    pickle.dump(results, file)
+"""
+
+
+def compile_and_measure(job: Job) -> CompileResult:
+    """Compile ``job`` here and read what ptxas made of it."""
+    start = time.perf_counter()
+    try:
+        compiled = compile_here(job)
+        registers, stack = _resource_usage(compiled.asm["cubin"])
+    except Exception as error:  # a compile failure is a finding to report, not a crash
+        return CompileResult(seconds=time.perf_counter() - start, error=_error_summary(error))
+    return CompileResult(registers=registers, stack_bytes=stack,
+                         shared_bytes=compiled.metadata.shared,
+                         tensor_core=_tensor_core_op(compiled.asm["ptx"]),
+                         seconds=time.perf_counter() - start)
+
+
+def _error_summary(error):
+    """The error's type and one line of its message: the last that says "error" (ptxas ends
+    with a repro command), else the last (where Triton puts the cause)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    said = [line for line in lines if "error" in line.lower()]
+    return f"{type(error).__name__}: {(said or lines or [''])[-1]}"
+
+
+def _tensor_core_op(ptx):
+    return next((op for op in TENSOR_CORE_OPS if re.search(rf"\b{re.escape(op)}\b", ptx)), None)
+
+
+def _resource_usage(cubin):
+    """(registers, stack bytes) of the cubin's kernel, from ``cuobjdump --dump-resource-usage``.
+    Stack bytes are local memory the kernel needs per thread: register spills."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as file:
+        file.write(cubin)
+        file.flush()
+        out = subprocess.run([_cuobjdump(), "--dump-resource-usage", file.name],
+                             check=True, capture_output=True, text=True).stdout
+    usage = re.search(r"REG:(\d+)\s+STACK:(\d+)", out)
+    if usage is None:
+        raise RuntimeError(f"no resource usage in cuobjdump output:\n{out}")
+    return int(usage.group(1)), int(usage.group(2))
+
+
+def _cuobjdump():
+    bundled = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin",
+                           "cuobjdump")
+    path = bundled if os.path.isfile(bundled) else shutil.which("cuobjdump")
+    if path is None:
+        raise FileNotFoundError("cuobjdump: not bundled with this Triton and not on PATH")
+    return path

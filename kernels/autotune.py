@@ -1,0 +1,122 @@
+"""Autotuning that a process pays once per machine, not once per process.
+
+Triton's own ``triton.autotune`` keeps its choices in memory, so every new process (a second
+pytest stage, a restarted server) benchmarks every config of every geometry again.  This
+tuner keeps the winner of each key in a small JSON file in Triton's cache folder, keyed on
+everything that could change the answer: the device's name, the Triton and torch versions,
+the kernel's source and the candidate configs.  A key is benchmarked once; afterwards any
+process reads its winner.
+
+``FUSEDRES_AUTOTUNE=0`` turns tuning off: the launcher then uses its heuristic default
+config per geometry (the GPU correctness tests run that way, so they test numerics, not
+the tuner).
+"""
+import hashlib
+import json
+import os
+import threading
+
+import torch
+import triton
+
+
+def enabled() -> bool:
+    """Whether launchers autotune (``FUSEDRES_AUTOTUNE``, default on; 0/false/off/no = off)."""
+    return os.environ.get("FUSEDRES_AUTOTUNE", "1").strip().lower() not in ("0", "false", "off", "no")
+
+
+def cache_folder() -> str:
+    """``fusedres-autotune`` inside Triton's cache folder (TRITON_CACHE_DIR moves both)."""
+    root = os.environ.get("TRITON_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".triton",
+                                                              "cache")
+    return os.path.join(root, "fusedres-autotune")
+
+
+def describe(config: triton.Config) -> str:
+    """``128x64x32 w4 s4`` for a config with BLOCK_M/N/K."""
+    kw = config.kwargs
+    return f"{kw['BLOCK_M']}x{kw['BLOCK_N']}x{kw['BLOCK_K']} w{config.num_warps} s{config.num_stages}"
+
+
+def launch_options(config: triton.Config) -> dict:
+    """The keyword arguments a JIT launch with ``config`` passes: the tile sizes, warps and
+    stages.  Every launch and every ahead-of-time compile passes exactly these, so both
+    produce the same JIT cache key."""
+    return {**config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages}
+
+
+def benchmark(run) -> float:
+    """Median milliseconds of ``run()`` on the current GPU.  Short: candidates that differ by
+    less than the noise of a 20 ms measurement are equally good choices."""
+    return triton.testing.do_bench(run, warmup=5, rep=20, return_mode="median")
+
+
+class Tuner:
+    """Picks and remembers the fastest config per key for one kernel.
+
+    ``source_file`` is the kernel's module: any edit to it invalidates every stored choice.
+    """
+
+    def __init__(self, name: str, source_file: str):
+        self.name = name
+        with open(source_file, "rb") as file:
+            self._source_hash = hashlib.sha256(file.read()).hexdigest()
+        self._chosen = {}  # key -> config; read without the lock (dict reads are atomic)
+        self._lock = threading.Lock()
+
+    def pick(self, key, configs, run, device) -> triton.Config:
+        """The fastest of ``configs`` for ``key``: from memory, else from disk, else measured
+        by calling ``run(config)`` for each (through ``benchmark``) and stored."""
+        config = self._chosen.get(key)
+        if config is not None:
+            return config
+        with self._lock:
+            config = self._chosen.get(key)
+            if config is None:
+                path = self._path(key, configs, device)
+                config = self._load(path, configs)
+                if config is None:
+                    timings = [benchmark(lambda c=c: run(c)) for c in configs]
+                    config = configs[min(range(len(configs)), key=timings.__getitem__)]
+                    self._store(path, key, config, configs, timings)
+                self._chosen[key] = config
+        return config
+
+    def chosen(self) -> dict:
+        """``{key: config}`` of every key picked in this process."""
+        return dict(self._chosen)
+
+    def forget(self) -> None:
+        """Drop the in-memory choices (the stored ones stay)."""
+        with self._lock:
+            self._chosen.clear()
+
+    def _path(self, key, configs, device) -> str:
+        identity = repr((self.name, self._source_hash, _device_name(device), triton.__version__,
+                         torch.__version__, key, [describe(c) for c in configs]))
+        digest = hashlib.sha256(identity.encode()).hexdigest()
+        return os.path.join(cache_folder(), f"{self.name}-{digest}.json")
+
+    @staticmethod
+    def _load(path, configs):
+        try:
+            with open(path) as file:
+                winner = json.load(file)["config"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return next((c for c in configs if describe(c) == winner), None)
+
+    @staticmethod
+    def _store(path, key, config, configs, timings):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        record = {"key": repr(key), "config": describe(config),
+                  "timings_ms": {describe(c): t for c, t in zip(configs, timings)}}
+        temp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+        with open(temp, "w") as file:
+            json.dump(record, file)
+        os.replace(temp, path)  # atomic: a concurrent reader sees the old file or the new one
+
+
+def _device_name(device) -> str:
+    device = torch.device(device)
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
