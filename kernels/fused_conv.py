@@ -267,22 +267,24 @@ def _out_size(size, k, stride, pad, dil):
     return (size + 2 * pad - dil * (k - 1) - 1) // stride + 1
 
 
-# torch.compile cannot trace torch.backends' attribute reads; the setting is read once, when
-# the graph is traced, and baked into it (as a plain ``allow_tf32`` read was).
-@torch.compiler.assume_constant_result
 def cudnn_allows_tf32() -> bool:
-    """Whether eager cuDNN convolutions round fp32 to TF32 now: the convolution's
-    ``fp32_precision`` where this torch has that API (reading ``allow_tf32`` there raises once
-    a precision is set), inherited from cuDNN's and then the global one while "none";
-    ``allow_tf32`` on older torch."""
-    conv = getattr(torch.backends.cudnn, "conv", None)
-    if conv is None or not hasattr(conv, "fp32_precision"):
-        return torch.backends.cudnn.allow_tf32
-    for precision in (conv.fp32_precision, getattr(torch.backends.cudnn, "fp32_precision", "none"),
+    """Whether eager cuDNN convolutions round fp32 to TF32 now.
+
+    ``allow_tf32`` first: it is what most code sets, setting it resets the newer per-operator
+    ``fp32_precision`` to "none" (inherit), and torch.compile can trace the read.  Once the
+    newer API has set a precision, torch refuses the ``allow_tf32`` read; then the
+    convolution's ``fp32_precision`` decides, inherited from cuDNN's and the global one while
+    "none"."""
+    try:
+        return bool(torch.backends.cudnn.allow_tf32)
+    except RuntimeError:
+        pass
+    for precision in (torch.backends.cudnn.conv.fp32_precision,
+                      getattr(torch.backends.cudnn, "fp32_precision", "none"),
                       getattr(torch.backends, "fp32_precision", "none")):
         if precision != "none":
             return precision == "tf32"
-    return True  # torch's default for cuDNN convolutions
+    return False
 
 
 def launch_scalars(*, batch, c_in, height, width, c_out, kernel_size, stride, padding, dilation,

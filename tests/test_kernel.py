@@ -316,15 +316,22 @@ def test_int64_offsets_past_2_to_the_31():
     assert_close_to_reference(out[-1:, :, -4:, -4:], ref, rel_tol(torch.float16), "tail")
 
 
-@pytest.mark.parametrize("conv_precision,expected", [("ieee", False), ("tf32", True)])
-def test_tf32_follows_the_convolution_precision_api(conv_precision, expected):
-    # Reading allow_tf32 raises once the newer fp32_precision API has been used.
+@pytest.mark.parametrize("setting,expected", [
+    (("allow_tf32", False), False), (("allow_tf32", True), True),
+    (("fp32_precision", "ieee"), False), (("fp32_precision", "tf32"), True)])
+def test_tf32_follows_cudnn_through_either_api(setting, expected):
+    # The legacy flag resets the newer API to "none"; reading the legacy flag raises once the
+    # newer API has set a precision.  (A GPU run caught the first: allow_tf32=False ran TF32.)
     conv = getattr(torch.backends.cudnn, "conv", None)
     if conv is None or not hasattr(conv, "fp32_precision"):
         pytest.skip("this torch has no torch.backends.cudnn.conv.fp32_precision")
+    api, value = setting
     previous = conv.fp32_precision
     try:
-        conv.fp32_precision = conv_precision
+        if api == "allow_tf32":
+            torch.backends.cudnn.allow_tf32 = value
+        else:
+            conv.fp32_precision = value
         assert kernel_module.cudnn_allows_tf32() is expected
     finally:
         conv.fp32_precision = previous
