@@ -22,7 +22,8 @@
 #                       are read from disk (stored by the models stage), nothing re-benchmarks
 #   gpu_tests      75   pytest -m gpu, FUSEDRES_AUTOTUNE=0 (one default config per geometry:
 #                       numerics, not the tuner; one test autotunes on purpose)
-#   inspect        30   sm_90 ResNet-50 fp16 table; its compiles hit Triton's cache
+#   inspect        90   sm_90 ResNet-50 fp16 table (144 rows); compiles hit Triton's cache, but
+#                       every worker imports torch and reads each cubin (30 s did 80 rows)
 #   models_small   60   fp16 batch 1 (launch-bound: CUDA graphs) for ResNet-18/50
 #
 # Runs from the source checkout (PYTHONPATH), no pip install: torch, triton, torchvision,
@@ -39,7 +40,7 @@ mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 cd "$(dirname "$0")/.."
 START=$SECONDS
-TOTAL=460
+TOTAL=${GPU_CHECK_TOTAL_S:-460}  # a shorter call: GPU_CHECK_TOTAL_S=300
 STATUS=0
 WORK=$(mktemp -d /tmp/fusedres-gpu-check.XXXXXX)
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -75,7 +76,7 @@ stage() {
     pack
 }
 
-log "plan: environment 10, warmup 90, first_call 50, models 170, layers 60, gpu_tests 75, inspect 30, models_small 60 (s; total budget ${TOTAL}s)"
+log "plan: environment 10, warmup 90, first_call 50, models 170, layers 60, gpu_tests 75, inspect 90, models_small 60 (s; total budget ${TOTAL}s)"
 
 if python -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
     DRY=0
@@ -94,7 +95,8 @@ fi
 
 environment() {
     echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-    echo "commit: $(git rev-parse HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo ' (with uncommitted changes)')"
+    # FUSEDRES_COMMIT: what the caller checked out, where the copy's git metadata is stale.
+    echo "commit: ${FUSEDRES_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo ' (with uncommitted changes)')}"
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1 \
         || echo "nvidia-smi: not available"
     python - <<'EOF'
@@ -146,7 +148,7 @@ unset FUSEDRES_KERNEL_REPORT
 stage gpu_tests 75 env FUSEDRES_AUTOTUNE=0 python -m pytest tests -m gpu -q -p no:cacheprovider -rs
 
 if [ "$DRY" -eq 0 ] && { [ "$ARCH" = sm_80 ] || [ "$ARCH" = sm_90 ]; }; then
-    stage inspect 30 python -m fusedres inspect --model resnet50 --dtype float16 --arch "$ARCH"
+    stage inspect 90 python -m fusedres inspect --model resnet50 --dtype float16 --arch "$ARCH"
 else
     log "inspect: skipped (dry run, or no sm_80/sm_90 device: ${ARCH:-none})"
 fi

@@ -91,7 +91,7 @@ def candidate_configs(spec: LaunchSpec, autotuning: Optional[bool] = None):
         return [TileConfig.from_triton(c) for c in conv_kernel.configs_for(element_size)]
     ints, consts = _scalars(spec, allow_tf32=False)
     return [TileConfig.from_triton(conv_kernel.default_config(
-        ints["M"], ints["C_out"] // consts["GROUPS"], element_size))]
+        ints["M"], consts["C_out"] // consts["GROUPS"], element_size))]
 
 
 def _scalars(spec, allow_tf32):

@@ -108,7 +108,12 @@ def _conv_bn_act_kernel(
     ws_ptr,     # [C_short, C_out]           packed folded shortcut weight (if HAS_SHORTCUT)
     res_ptr,    # [N, OH, OW, C_out]         residual (if HAS_RESIDUAL)
     out_ptr,    # [N, OH, OW, C_out]         output
-    M, H, W, C_in, OH, OW, C_out, HS, WS, C_short,
+    M,          # N*OH*OW: the only size that varies with the batch
+    # The layer's shape is constexpr: every geometry is its own specialisation anyway (the
+    # tuner keys on it), and constant sizes turn the K loop's divisions, products and bounds
+    # into immediates.
+    H: tl.constexpr, W: tl.constexpr, C_in: tl.constexpr, OH: tl.constexpr, OW: tl.constexpr,
+    C_out: tl.constexpr, HS: tl.constexpr, WS: tl.constexpr, C_short: tl.constexpr,
     KH: tl.constexpr, KW: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr,
     DIL: tl.constexpr, GROUPS: tl.constexpr, STRIDE_SHORT: tl.constexpr,
     GATHER_K: tl.constexpr, HAS_SHORTCUT: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
@@ -116,13 +121,17 @@ def _conv_bn_act_kernel(
     INDEX_64: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    cin_g = C_in // GROUPS
-    cout_g = C_out // GROUPS
+    cin_g: tl.constexpr = C_in // GROUPS
+    cout_g: tl.constexpr = C_out // GROUPS
+    # Tiles that divide the channel counts need no channel masks (every ResNet layer but the
+    # stem): fewer instructions per K step.
+    EVEN_K: tl.constexpr = cin_g % BLOCK_K == 0
+    EVEN_N: tl.constexpr = cout_g % BLOCK_N == 0
 
     # Programs that share an M tile (the same input pixels) run next to each other, so the
     # input rows they all read stay in L2 while the N tiles sweep the (small) weight.
     pid = tl.program_id(0)
-    num_n = tl.cdiv(cout_g, BLOCK_N)
+    num_n: tl.constexpr = (cout_g + BLOCK_N - 1) // BLOCK_N
     pid_m = pid // num_n
     pid_n = pid % num_n
     group = tl.program_id(1)
@@ -148,16 +157,19 @@ def _conv_bn_act_kernel(
     offs_k = tl.arange(0, BLOCK_K)
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    # The top-left input pixel of each row's receptive field; a tap adds a scalar to it.
+    ih0 = oh * STRIDE - PAD
+    iw0 = ow * STRIDE - PAD
 
     if GATHER_K:
-        k_total = KH * KW * cin_g
+        k_total: tl.constexpr = KH * KW * cin_g
         for k0 in range(0, k_total, BLOCK_K):
             k = k0 + offs_k
             k_mask = k < k_total
             ci = k % cin_g
             tap = k // cin_g
-            ih = oh[:, None] * STRIDE - PAD + (tap // KW)[None, :] * DIL
-            iw = ow[:, None] * STRIDE - PAD + (tap % KW)[None, :] * DIL
+            ih = ih0[:, None] + (tap // KW)[None, :] * DIL
+            iw = iw0[:, None] + (tap % KW)[None, :] * DIL
             a_mask = (m_mask[:, None] & k_mask[None, :]
                       & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W))
             a_off = ((img[:, None] * H + ih) * W + iw) * C_in + group * cin_g + ci[None, :]
@@ -170,19 +182,34 @@ def _conv_bn_act_kernel(
         # kh, kw and channels: a single software-pipelined loop whose loads stay in flight
         # across taps.  Unrolled per-tap loops (tl.static_range) gave KH*KW pipelined copies,
         # each with its own prologue, and spilled registers at every tile size.
-        c_steps = tl.cdiv(cin_g, BLOCK_K)
+        c_steps: tl.constexpr = (cin_g + BLOCK_K - 1) // BLOCK_K
+        x_base = ((img * H + ih0) * W + iw0) * C_in + group * cin_g
+        w_base = offs_k[:, None] * C_out + co[None, :]
         for step in range(0, KH * KW * c_steps):
             tap = step // c_steps
-            c = (step % c_steps) * BLOCK_K + offs_k
-            c_mask = c < cin_g
-            ih = oh * STRIDE - PAD + (tap // KW) * DIL
-            iw = ow * STRIDE - PAD + (tap % KW) * DIL
-            row_mask = m_mask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-            row_off = ((img * H + ih) * W + iw) * C_in + group * cin_g
-            a = tl.load(x_ptr + row_off[:, None] + c[None, :],
-                        mask=row_mask[:, None] & c_mask[None, :], other=0.0)
-            b = tl.load(w_ptr + (tap * cin_g + c)[:, None] * C_out + co[None, :],
-                        mask=c_mask[:, None] & n_mask[None, :], other=0.0)
+            c0 = (step % c_steps) * BLOCK_K
+            kh = tap // KW
+            kw = tap % KW
+            if PAD == 0:
+                # Without padding every tap of a valid output pixel is inside the image.
+                row_mask = m_mask
+            else:
+                # One unsigned compare per side: a negative coordinate wraps to a huge one.
+                row_mask = (m_mask & ((ih0 + kh * DIL).to(tl.uint32) < H)
+                            & ((iw0 + kw * DIL).to(tl.uint32) < W))
+            a_ptrs = x_ptr + (x_base + (kh * DIL * W + kw * DIL) * C_in + c0)[:, None] \
+                + offs_k[None, :]
+            b_ptrs = w_ptr + w_base + (tap * cin_g + c0) * C_out
+            if EVEN_K:
+                a = tl.load(a_ptrs, mask=row_mask[:, None], other=0.0)
+                if EVEN_N:
+                    b = tl.load(b_ptrs)
+                else:
+                    b = tl.load(b_ptrs, mask=n_mask[None, :], other=0.0)
+            else:
+                c_mask = c0 + offs_k < cin_g
+                a = tl.load(a_ptrs, mask=row_mask[:, None] & c_mask[None, :], other=0.0)
+                b = tl.load(b_ptrs, mask=c_mask[:, None] & n_mask[None, :], other=0.0)
             acc = _accumulate(acc, a, b, DOT_PRECISION, UPCAST_DOT)
 
     if HAS_SHORTCUT:
@@ -301,9 +328,9 @@ def launch_scalars(*, batch, c_in, height, width, c_out, kernel_size, stride, pa
     # weights are indexed in int32 always (KH*KW*C_in/groups*C_out is far below 2**31).
     largest = max(batch * c_in * height * width, batch * c_short * hs * ws,
                   batch * c_out * oh * ow)
-    ints = dict(M=batch * oh * ow, H=height, W=width, C_in=c_in, OH=oh, OW=ow, C_out=c_out,
-                HS=hs, WS=ws, C_short=c_short)
+    ints = dict(M=batch * oh * ow)
     consts = dict(
+        H=height, W=width, C_in=c_in, OH=oh, OW=ow, C_out=c_out, HS=hs, WS=ws, C_short=c_short,
         KH=kh, KW=kw, STRIDE=stride, PAD=padding, DIL=dilation, GROUPS=groups,
         STRIDE_SHORT=stride_s, GATHER_K=c_in // groups < GATHER_K_BELOW,
         HAS_SHORTCUT=shortcut is not None, HAS_RESIDUAL=residual, RELU=relu,
@@ -431,7 +458,7 @@ def choose_config(ints, consts, dtype, launch, device):
     or ``default_config`` when autotuning is off."""
     element_size = torch.empty((), dtype=dtype).element_size()
     if not autotune.enabled():
-        return default_config(ints["M"], ints["C_out"] // consts["GROUPS"], element_size)
+        return default_config(ints["M"], consts["C_out"] // consts["GROUPS"], element_size)
     return _TUNER.pick(tuning_key(ints, consts, dtype), configs_for(element_size), launch, device)
 
 

@@ -171,7 +171,7 @@ def test_without_autotuning_the_launcher_uses_the_default_and_times_nothing(monk
     launched = []
     config = fused_conv.choose_config(ints, consts, torch.float16, launched.append, "cpu")
     assert launched == []
-    assert config is fused_conv.default_config(ints["M"], ints["C_out"], 2)
+    assert config is fused_conv.default_config(ints["M"], consts["C_out"], 2)
     assert [c.describe() for c in aot.candidate_configs(spec)] == [
         aot.TileConfig.from_triton(config).describe()]
 
@@ -184,7 +184,7 @@ def test_default_config_is_a_listed_config_for_every_geometry(dtype):
             for spec in gpu_inspect.specialisations(model, dtype, batch):
                 ints, consts = fused_conv.launch_scalars(**spec._asdict(), allow_tf32=True,
                                                          interpreted=False)
-                config = fused_conv.default_config(ints["M"], ints["C_out"], size)
+                config = fused_conv.default_config(ints["M"], consts["C_out"], size)
                 assert config in fused_conv.configs_for(size)
     # Large grids get the wide tile, batch 1's layer4 a small one.
     assert fused_conv.default_config(256 * 56 * 56, 256, 2).kwargs["BLOCK_N"] == 128

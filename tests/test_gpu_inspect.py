@@ -114,7 +114,7 @@ def test_scalars_match_the_launcher():
     spec = _a_3x3_spec(torch.bfloat16)
     ints, constexprs = fused_conv.launch_scalars(**spec._asdict(), allow_tf32=True,
                                                  interpreted=False)
-    assert ints["M"] == 256 * 56 * 56 and ints["C_in"] == 64
+    assert ints["M"] == 256 * 56 * 56 and constexprs["C_in"] == 64
     assert constexprs["DOT_PRECISION"] == "ieee" and constexprs["UPCAST_DOT"] is False
     assert (constexprs["KH"], constexprs["GATHER_K"]) == (3, False)
     # 256 images of 224x224 keep every activation tensor below 2**31 elements.
