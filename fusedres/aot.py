@@ -44,20 +44,21 @@ class TileConfig(NamedTuple):
     block_k: int
     num_warps: int
     num_stages: int
+    lean_k: bool = True  # the K loop: lean, or the first design (kernels/fused_conv.py)
 
     @classmethod
     def from_triton(cls, config: triton.Config) -> "TileConfig":
         kw = config.kwargs
-        return cls(kw["BLOCK_M"], kw["BLOCK_N"], kw["BLOCK_K"], config.num_warps, config.num_stages)
+        return cls(kw["BLOCK_M"], kw["BLOCK_N"], kw["BLOCK_K"], config.num_warps,
+                   config.num_stages, kw.get("LEAN_K", True))
 
     def to_triton(self) -> triton.Config:
         return triton.Config({"BLOCK_M": self.block_m, "BLOCK_N": self.block_n,
-                              "BLOCK_K": self.block_k},
+                              "BLOCK_K": self.block_k, "LEAN_K": self.lean_k},
                              num_warps=self.num_warps, num_stages=self.num_stages)
 
     def describe(self) -> str:
-        return (f"{self.block_m}x{self.block_n}x{self.block_k} "
-                f"w{self.num_warps} s{self.num_stages}")
+        return kernels.autotune.describe(self.to_triton())
 
 
 class Job(NamedTuple):
@@ -82,16 +83,15 @@ class CompileResult:
 
 
 def candidate_configs(spec: LaunchSpec, autotuning: Optional[bool] = None):
-    """The configs a launch of ``spec`` may use: the tuner's list for its dtype, or only the
+    """The configs a launch of ``spec`` may use: the tuner's candidates, or only the
     heuristic default when autotuning is off."""
     element_size = torch.empty((), dtype=spec.dtype).element_size()
     if autotuning is None:
         autotuning = kernels.autotune.enabled()
-    if autotuning:
-        return [TileConfig.from_triton(c) for c in conv_kernel.configs_for(element_size)]
     ints, consts = _scalars(spec, allow_tf32=False)
-    return [TileConfig.from_triton(conv_kernel.default_config(
-        ints["M"], consts["C_out"] // consts["GROUPS"], element_size))]
+    if autotuning:
+        return [TileConfig.from_triton(c) for c in conv_kernel.candidates(consts, element_size)]
+    return [TileConfig.from_triton(conv_kernel.default_config(ints["M"], consts, element_size))]
 
 
 def _scalars(spec, allow_tf32):

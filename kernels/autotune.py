@@ -33,9 +33,12 @@ def cache_folder() -> str:
 
 
 def describe(config: triton.Config) -> str:
-    """``128x64x32 w4 s4`` for a config with BLOCK_M/N/K."""
-    kw = config.kwargs
-    return f"{kw['BLOCK_M']}x{kw['BLOCK_N']}x{kw['BLOCK_K']} w{config.num_warps} s{config.num_stages}"
+    """``128x64x32 w4 s4`` for a config with BLOCK_M/N/K, then any other constexpr it sets
+    (``LEAN_K=False``)."""
+    kw = dict(config.kwargs)
+    text = (f"{kw.pop('BLOCK_M')}x{kw.pop('BLOCK_N')}x{kw.pop('BLOCK_K')} "
+            f"w{config.num_warps} s{config.num_stages}")
+    return " ".join([text, *(f"{name}={value}" for name, value in sorted(kw.items()))])
 
 
 def launch_options(config: triton.Config) -> dict:

@@ -119,7 +119,7 @@ def _conv_bn_act_kernel(
     GATHER_K: tl.constexpr, HAS_SHORTCUT: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
     RELU: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
     INDEX_64: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, LEAN_K: tl.constexpr,
 ):
     cin_g: tl.constexpr = C_in // GROUPS
     cout_g: tl.constexpr = C_out // GROUPS
@@ -190,26 +190,42 @@ def _conv_bn_act_kernel(
             c0 = (step % c_steps) * BLOCK_K
             kh = tap // KW
             kw = tap % KW
-            if PAD == 0:
-                # Without padding every tap of a valid output pixel is inside the image.
-                row_mask = m_mask
-            else:
-                # One unsigned compare per side: a negative coordinate wraps to a huge one.
-                row_mask = (m_mask & ((ih0 + kh * DIL).to(tl.uint32) < H)
-                            & ((iw0 + kw * DIL).to(tl.uint32) < W))
-            a_ptrs = x_ptr + (x_base + (kh * DIL * W + kw * DIL) * C_in + c0)[:, None] \
-                + offs_k[None, :]
-            b_ptrs = w_ptr + w_base + (tap * cin_g + c0) * C_out
-            if EVEN_K:
-                a = tl.load(a_ptrs, mask=row_mask[:, None], other=0.0)
-                if EVEN_N:
-                    b = tl.load(b_ptrs)
+            if LEAN_K:
+                if PAD == 0:
+                    # Without padding every tap of a valid output pixel is inside the image.
+                    row_mask = m_mask
                 else:
-                    b = tl.load(b_ptrs, mask=n_mask[None, :], other=0.0)
+                    # One unsigned compare per side: a negative coordinate wraps to a huge one.
+                    row_mask = (m_mask & ((ih0 + kh * DIL).to(tl.uint32) < H)
+                                & ((iw0 + kw * DIL).to(tl.uint32) < W))
+                a_ptrs = x_ptr + (x_base + (kh * DIL * W + kw * DIL) * C_in + c0)[:, None] \
+                    + offs_k[None, :]
+                b_ptrs = w_ptr + w_base + (tap * cin_g + c0) * C_out
+                if EVEN_K:
+                    a = tl.load(a_ptrs, mask=row_mask[:, None], other=0.0)
+                    if EVEN_N:
+                        b = tl.load(b_ptrs)
+                    else:
+                        b = tl.load(b_ptrs, mask=n_mask[None, :], other=0.0)
+                else:
+                    c_mask = c0 + offs_k < cin_g
+                    a = tl.load(a_ptrs, mask=row_mask[:, None] & c_mask[None, :], other=0.0)
+                    b = tl.load(b_ptrs, mask=c_mask[:, None] & n_mask[None, :], other=0.0)
             else:
-                c_mask = c0 + offs_k < cin_g
-                a = tl.load(a_ptrs, mask=row_mask[:, None] & c_mask[None, :], other=0.0)
-                b = tl.load(b_ptrs, mask=c_mask[:, None] & n_mask[None, :], other=0.0)
+                # The first design, kept as an autotune candidate for padded convolutions:
+                # coordinates, bounds and offsets recomputed every step, channel masks always.
+                # On an H200 it ran the padded 3x3 layers faster than the lean body
+                # (docs/benchmarks.md), though its SASS has more instructions per step.
+                c = c0 + offs_k
+                c_mask = c < cin_g
+                ih = ih0 + kh * DIL
+                iw = iw0 + kw * DIL
+                row_mask = m_mask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+                row_off = ((img * H + ih) * W + iw) * C_in + group * cin_g
+                a = tl.load(x_ptr + row_off[:, None] + c[None, :],
+                            mask=row_mask[:, None] & c_mask[None, :], other=0.0)
+                b = tl.load(w_ptr + (tap * cin_g + c)[:, None] * C_out + co[None, :],
+                            mask=c_mask[:, None] & n_mask[None, :], other=0.0)
             acc = _accumulate(acc, a, b, DOT_PRECISION, UPCAST_DOT)
 
     if HAS_SHORTCUT:
@@ -241,10 +257,36 @@ def configs_for(element_size):
     return FLOAT_CONFIGS if element_size == 4 else HALF_CONFIGS
 
 
-def default_config(m, cout_g, element_size):
+def _with_loop(configs, lean):
+    return [triton.Config({**c.kwargs, "LEAN_K": lean}, num_warps=c.num_warps,
+                          num_stages=c.num_stages) for c in configs]
+
+
+# Each tile with the lean K loop, and with the first design's loop (LEAN_K off).
+_LEAN = {size: _with_loop(configs_for(size), True) for size in (2, 4)}
+_CLASSIC = {size: _with_loop(configs_for(size), False) for size in (2, 4)}
+
+
+def _uses_classic(consts):
+    """Padded tap-major convolutions (3x3, 7x7 with many channels): where the lean K loop did
+    not beat the first design on an H200 (docs/benchmarks.md)."""
+    return consts["PAD"] > 0 and not consts["GATHER_K"]
+
+
+def candidates(consts, element_size):
+    """Every config the tuner times for a launch: each tile with the lean K loop and, for
+    padded tap-major convolutions, each tile with the first design's loop too."""
+    size = 4 if element_size == 4 else 2
+    return _LEAN[size] + (_CLASSIC[size] if _uses_classic(consts) else [])
+
+
+def default_config(m, consts, element_size):
     """The config used without autotuning (FUSEDRES_AUTOTUNE=0): the widest tile whose grid
-    still fills the GPU, a narrower one for 64-channel layers, 64x64 for small grids."""
-    configs = configs_for(element_size)
+    still fills the GPU, a narrower one for 64-channel layers, 64x64 for small grids; the
+    first design's K loop for padded convolutions, the lean one otherwise."""
+    size = 4 if element_size == 4 else 2
+    configs = (_CLASSIC if _uses_classic(consts) else _LEAN)[size]
+    cout_g = consts["C_out"] // consts["GROUPS"]
     by_tile = {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]): c for c in configs}
     if cout_g >= 128 and triton.cdiv(m, 128) * triton.cdiv(cout_g, 128) >= _FULL_GRID:
         return by_tile[128, 128]
@@ -264,7 +306,12 @@ def interpreter_config(cin_g, cout_g, m, gather_k, k_total):
         "BLOCK_M": min(128, max(16, triton.next_power_of_2(m))),
         "BLOCK_N": min(128, max(16, triton.next_power_of_2(cout_g))),
         "BLOCK_K": min(128, max(16, triton.next_power_of_2(block_k))),
+        "LEAN_K": INTERPRETER_LEAN_K,
     }
+
+
+# Which K loop the interpreter runs; the tests run both.
+INTERPRETER_LEAN_K = True
 
 
 def _check_activation(name, t, device, dtype):
@@ -453,13 +500,14 @@ def conv_bn_act(x, weight, bias, *, kernel_size, stride=1, padding=0, dilation=1
 
 
 def choose_config(ints, consts, dtype, launch, device):
-    """The GPU config for one launch: the tuner's pick among ``configs_for`` (it calls
-    ``launch(config)`` to time candidates the first time a geometry is seen on this machine),
-    or ``default_config`` when autotuning is off."""
+    """The GPU config for one launch: the tuner's pick among ``candidates`` (it calls
+    ``launch(config)`` to time them the first time a geometry is seen on this machine), or
+    ``default_config`` when autotuning is off."""
     element_size = torch.empty((), dtype=dtype).element_size()
     if not autotune.enabled():
-        return default_config(ints["M"], consts["C_out"] // consts["GROUPS"], element_size)
-    return _TUNER.pick(tuning_key(ints, consts, dtype), configs_for(element_size), launch, device)
+        return default_config(ints["M"], consts, element_size)
+    return _TUNER.pick(tuning_key(ints, consts, dtype), candidates(consts, element_size),
+                       launch, device)
 
 
 def tuning_key(ints, consts, dtype):

@@ -49,8 +49,9 @@ _KEYS_SCRIPT = textwrap.dedent("""
         x = torch.randn(batch, 3, *size, dtype=dtype)
         with aot.target_driver(90), aot.jit_cache_keys() as launched, torch.inference_mode():
             model(x)
-        report.append(dict(model=name, dtype=str(dtype), geometries=len(specs), warm=warm,
-                           launched=launched))
+        jobs = sum(len(aot.candidate_configs(spec)) for spec in specs)
+        report.append(dict(model=name, dtype=str(dtype), geometries=len(specs), jobs=jobs,
+                           warm=warm, launched=launched))
     json.dump(report, sys.stdout)
 """)
 
@@ -70,8 +71,7 @@ def test_warmup_compiles_exactly_the_keys_the_launches_look_up(tmp_path):
         label = f"{case['model']} {case['dtype']}"
         assert case["geometries"] >= 15, label
         # Every geometry times every candidate was compiled ahead...
-        assert len(case["warm"]) == case["geometries"] * len(
-            fused_conv.configs_for(2 if "16" in case["dtype"] else 4)), label
+        assert len(case["warm"]) == case["jobs"] > case["geometries"] * 6, label
         # ...and the launches looked up exactly those keys: nothing missing, nothing extra.
         assert launched == warm, (label, sorted(launched - warm)[:2], sorted(warm - launched)[:2])
 
@@ -171,24 +171,35 @@ def test_without_autotuning_the_launcher_uses_the_default_and_times_nothing(monk
     launched = []
     config = fused_conv.choose_config(ints, consts, torch.float16, launched.append, "cpu")
     assert launched == []
-    assert config is fused_conv.default_config(ints["M"], consts["C_out"], 2)
+    assert config is fused_conv.default_config(ints["M"], consts, 2)
     assert [c.describe() for c in aot.candidate_configs(spec)] == [
         aot.TileConfig.from_triton(config).describe()]
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
-def test_default_config_is_a_listed_config_for_every_geometry(dtype):
+def test_default_config_is_a_candidate_for_every_geometry(dtype):
     size = torch.empty((), dtype=dtype).element_size()
     for model in ("resnet18", "resnet50"):
         for batch in (1, 256):
             for spec in gpu_inspect.specialisations(model, dtype, batch):
                 ints, consts = fused_conv.launch_scalars(**spec._asdict(), allow_tf32=True,
                                                          interpreted=False)
-                config = fused_conv.default_config(ints["M"], consts["C_out"], size)
-                assert config in fused_conv.configs_for(size)
+                config = fused_conv.default_config(ints["M"], consts, size)
+                assert config in fused_conv.candidates(consts, size)
+                # Padded tap-major convolutions run the first design's loop by default.
+                assert config.kwargs["LEAN_K"] is (consts["PAD"] == 0 or consts["GATHER_K"])
     # Large grids get the wide tile, batch 1's layer4 a small one.
-    assert fused_conv.default_config(256 * 56 * 56, 256, 2).kwargs["BLOCK_N"] == 128
-    assert fused_conv.default_config(49, 512, 2).kwargs["BLOCK_M"] == 64
+    layer = {"C_out": 256, "GROUPS": 1, "PAD": 0, "GATHER_K": False}
+    assert fused_conv.default_config(256 * 56 * 56, layer, 2).kwargs["BLOCK_N"] == 128
+    assert fused_conv.default_config(49, dict(layer, C_out=512), 2).kwargs["BLOCK_M"] == 64
+
+
+def test_padded_convolutions_try_both_k_loops():
+    padded = {"PAD": 1, "GATHER_K": False}
+    assert [c.kwargs["LEAN_K"] for c in fused_conv.candidates(padded, 2)] == [True] * 6 + [False] * 6
+    assert {c.kwargs["LEAN_K"] for c in fused_conv.candidates(dict(padded, PAD=0), 2)} == {True}
+    assert {c.kwargs["LEAN_K"] for c in fused_conv.candidates(dict(padded, GATHER_K=True), 4)} \
+        == {True}
 
 
 # ---------------------------------------------------------------- running from a checkout

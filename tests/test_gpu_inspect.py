@@ -125,8 +125,9 @@ def test_warmup_cli_compiles_every_candidate(compiled_cases, capsys):
     # Same kernels as the inspect cases: Triton's cache serves them, so this takes seconds.
     assert cli.main(["warmup", "--model", "resnet18", "--dtype", "float16",
                      "--arch", "sm_90"]) == 0
-    geometries = len(gpu_inspect.specialisations("resnet18", torch.float16))
-    compiles = geometries * len(fused_conv.HALF_CONFIGS)
+    specs = gpu_inspect.specialisations("resnet18", torch.float16)
+    geometries = len(specs)
+    compiles = sum(len(gpu_inspect.candidate_configs(spec)) for spec in specs)
     assert f"compiled {compiles} kernels for {geometries} geometries" in capsys.readouterr().out
 
 

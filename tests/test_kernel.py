@@ -8,6 +8,7 @@ kernel fails to write fails the test.
 import pytest
 import torch
 import torch.nn.functional as F
+import triton
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -76,10 +77,27 @@ def _operands(n, c_in, h, w, c_out, kernel, groups, dtype):
     return x, weight, bias
 
 
+@pytest.fixture(params=[True, False], ids=["lean_k", "classic_k"])
+def k_loop(request, monkeypatch):
+    """Runs a test with each K loop of the kernel: under the interpreter through its config,
+    on a GPU by replacing the tuner's pick with the default tile in that variant."""
+    lean = request.param
+    monkeypatch.setattr(kernel_module, "INTERPRETER_LEAN_K", lean)
+    default = kernel_module.choose_config
+
+    def forced(ints, consts, dtype, launch, device):
+        config = default(ints, consts, dtype, launch, device)
+        return triton.Config({**config.kwargs, "LEAN_K": lean}, num_warps=config.num_warps,
+                             num_stages=config.num_stages)
+
+    monkeypatch.setattr(kernel_module, "choose_config", forced)
+    return lean
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("geometry", GEOMETRIES, ids=[g[0] for g in GEOMETRIES])
 @pytest.mark.parametrize("epilogue", ["relu", "residual+relu", "none"])
-def test_geometry_matches_float64(geometry, dtype, epilogue):
+def test_geometry_matches_float64(geometry, dtype, epilogue, k_loop):
     _, n, c_in, h, w, c_out, kernel, stride, padding, dilation, groups = geometry
     x, weight, bias = _operands(n, c_in, h, w, c_out, kernel, groups, dtype)
     relu = epilogue != "none"
