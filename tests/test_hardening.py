@@ -1,10 +1,13 @@
 """Defects found by using the library as a user would (issue 9), one test or class each."""
+import argparse
+
 import pytest
 import torch
 import torchvision
 from torch import nn
 
 import fusedres
+from fusedres import bench, cli
 
 
 class TestFuseLeavesModelUntouchedOnError:
@@ -28,3 +31,38 @@ class TestFuseLeavesModelUntouchedOnError:
         assert list(dict(model.named_parameters())) == list(params)
         for name, p in model.named_parameters():
             assert p is params[name], name
+
+
+class TestBenchCommandLine:
+    """Issue 9, item 10: what a newcomer hits with ``fusedres bench``."""
+
+    @pytest.mark.parametrize("argv", [["--batch", "0"], ["--size", "0"], ["--batch", "-1"],
+                                      ["--seconds", "-5"], ["--seconds", "nan"],
+                                      ["--seconds", "inf"], ["--batch", "two"]], ids=" ".join)
+    def test_rejects_non_positive_numbers(self, argv, capsys, monkeypatch):
+        monkeypatch.setattr(bench, "run", lambda args: pytest.fail(f"bench accepted {argv}"))
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(["bench", *argv])
+        assert exit_info.value.code == 2
+        error = capsys.readouterr().err.strip().splitlines()[-1]
+        assert error.startswith(f"fusedres bench: error: argument {argv[0]}: ")
+        assert "positive" in error and argv[1] in error
+
+    def test_cpu_messages_say_what_happens(self, monkeypatch, capsys):
+        """No cuDNN on CPU, and the announced duration is the one the rounds will take, not
+        the --seconds budget that the minimum number of rounds overruns."""
+        per_call_s = 2.0
+        output = torch.zeros(1, 10)
+        monkeypatch.setattr(bench, "model_contenders", lambda *args: {
+            name: (lambda: output) for name in ("eager", "eager_nchw", "fused")})
+        monkeypatch.setattr(bench.timing, "warm_up",
+                            lambda contenders, device, calls: dict.fromkeys(contenders, per_call_s))
+        args = argparse.Namespace(model="resnet18", batch=1, size=32, dtype="float32",
+                                  compile=False, seconds=1.0)
+        bench.measure(args, torch.device("cpu"))
+        err = capsys.readouterr().err
+        assert "cuDNN" not in err and "Triton" not in err
+        rounds = bench.MIN_ROUNDS
+        expected_s = rounds * 3 * per_call_s
+        assert f"{rounds} rounds (~{expected_s:.0f} s" in err, err
+        assert "(~1 s)" not in err
