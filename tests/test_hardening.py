@@ -9,6 +9,8 @@ from torch import nn
 import fusedres
 from fusedres import bench, cli
 
+from .numerics import assert_close_to_reference, randomize_bn, rel_tol
+
 
 class TestFuseLeavesModelUntouchedOnError:
     """Issue 9, item 1: nothing is fused partially."""
@@ -66,3 +68,31 @@ class TestBenchCommandLine:
         expected_s = rounds * 3 * per_call_s
         assert f"{rounds} rounds (~{expected_s:.0f} s" in err, err
         assert "(~1 s)" not in err
+
+
+class TestInputDtypeDiffersFromModel:
+    """Issue 9, item 10: the dtype mismatch is named at the first fused step, not at ``fc``."""
+
+    @pytest.fixture
+    def torch_path(self, monkeypatch):
+        monkeypatch.setattr(fusedres.kernels, "INTERPRETED", False)
+
+    @pytest.mark.parametrize("model_dtype,input_dtype", [(torch.float32, torch.float16),
+                                                         (torch.bfloat16, torch.float32)],
+                             ids=str)
+    def test_mismatch_names_both_dtypes(self, torch_path, model_dtype, input_dtype):
+        fused = fusedres.fuse(randomize_bn(torchvision.models.resnet18())).eval().to(model_dtype)
+        x = torch.randn(1, 3, 32, 32, dtype=input_dtype)
+        with torch.no_grad(), pytest.raises(TypeError, match=rf"input has dtype {input_dtype} "
+                                            rf"but the model's parameters have dtype {model_dtype}"):
+            fused(x)
+
+    def test_autocast_changes_the_dtype_on_purpose(self, torch_path):
+        eager = randomize_bn(torchvision.models.resnet18()).eval()
+        fused = fusedres.fuse(eager)
+        x = torch.randn(2, 3, 32, 32)
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            out = fused(x)
+            ref = eager(x)
+        assert out.dtype == ref.dtype == torch.bfloat16
+        assert_close_to_reference(out, ref.double(), 4 * rel_tol(torch.bfloat16))
