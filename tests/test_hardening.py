@@ -1,5 +1,8 @@
 """Defects found by using the library as a user would (issue 9), one test or class each."""
 import argparse
+import pathlib
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -10,6 +13,8 @@ import fusedres
 from fusedres import bench, cli
 
 from .numerics import assert_close_to_reference, randomize_bn, rel_tol
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 class TestFuseLeavesModelUntouchedOnError:
@@ -96,3 +101,34 @@ class TestInputDtypeDiffersFromModel:
             ref = eager(x)
         assert out.dtype == ref.dtype == torch.bfloat16
         assert_close_to_reference(out, ref.double(), 4 * rel_tol(torch.bfloat16))
+
+
+class TestHelpDoesNotImportTorch:
+    """Issue 9, item 10: ``fusedres --help`` took 7 s importing torch it does not need."""
+
+    @staticmethod
+    def _imports_torch(setup):
+        """Whether printing the top-level help, after ``setup`` (code defining ``cli``),
+        left torch imported in a fresh interpreter."""
+        code = (f"import sys\n{setup}\n"
+                "try:\n    cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
+                "print('torch' in sys.modules)")
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              cwd=ROOT, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert "usage: fusedres" in done.stdout
+        return done.stdout.strip().splitlines()[-1] == "True"
+
+    def test_cli_module_itself(self):
+        """The command-line module imports each subcommand only when it is chosen."""
+        setup = ("import importlib.util\n"
+                 "spec = importlib.util.spec_from_file_location('cli', 'fusedres/cli.py')\n"
+                 "cli = importlib.util.module_from_spec(spec)\n"
+                 "spec.loader.exec_module(cli)")
+        assert not self._imports_torch(setup)
+
+    @pytest.mark.xfail(strict=True, reason="fusedres/__init__.py imports torch eagerly (through "
+                                           "convert, folding ...); the entry point "
+                                           "fusedres.cli:main runs it first")
+    def test_through_the_package(self):
+        assert not self._imports_torch("from fusedres import cli")
