@@ -11,8 +11,11 @@ from torch import nn
 
 import fusedres
 from fusedres import bench, cli
+from fusedres.cuda_graphs import ModelWatch
+from fusedres.folding import forget_folds
 
-from .numerics import assert_close_to_reference, randomize_bn, rel_tol
+from .conftest import TF32
+from .numerics import assert_close_to_reference, model_tol, randomize_bn, rel_tol
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -132,3 +135,150 @@ class TestHelpDoesNotImportTorch:
                                            "fusedres.cli:main runs it first")
     def test_through_the_package(self):
         assert not self._imports_torch("from fusedres import cli")
+
+
+def _built_in_inference_mode(name="resnet18"):
+    """A fused model whose every parameter and buffer is an inference tensor, as serving code
+    gets by building or loading the model under ``torch.inference_mode()``."""
+    with torch.inference_mode():
+        fused = fusedres.fuse(randomize_bn(getattr(torchvision.models, name)()).eval())
+    assert all(t.is_inference() for t in fused.state_dict().values())
+    return fused
+
+
+def _float64_reference(fused, x):
+    """torchvision's eager model holding ``fused``'s current state, in float64."""
+    eager = torchvision.models.resnet18().eval()
+    eager.load_state_dict({k: v.clone() for k, v in fused.state_dict().items()})
+    with torch.no_grad():
+        return eager.double()(x.double())
+
+
+class TestInferenceTensorModel:
+    """Issue 9, item 2: a model made under inference_mode runs, and is never stale except for
+    the documented case (in-place edits inside inference_mode, see folding.TensorWatch)."""
+
+    @pytest.fixture(autouse=True)
+    def torch_path(self, monkeypatch):
+        # The fold cache is the same on every backend; the torch path keeps this fast.
+        monkeypatch.setattr(fusedres.kernels, "INTERPRETED", False)
+
+    def _check(self, fused, x, mode):
+        with mode():
+            out = fused(x)
+        assert_close_to_reference(out, _float64_reference(fused, x), model_tol())
+
+    @pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
+    def test_runs_in_and_out_of_inference_mode(self, mode):
+        self._check(_built_in_inference_mode(), torch.randn(2, 3, 32, 32), mode)
+
+    def test_replaced_tensors_are_seen(self):
+        fused = _built_in_inference_mode()
+        x = torch.randn(1, 3, 32, 32)
+        self._check(fused, x, torch.inference_mode)
+        other = randomize_bn(torchvision.models.resnet18()).state_dict()
+        with torch.inference_mode():
+            fused.load_state_dict(other, assign=True)
+        self._check(fused, x, torch.inference_mode)
+        with torch.inference_mode():
+            fused.double().float()  # new storages for every tensor, rounded on the way
+        self._check(fused, x, torch.inference_mode)
+
+    def test_normal_tensors_edited_inside_inference_mode_are_seen(self):
+        fused = fusedres.fuse(randomize_bn(torchvision.models.resnet18()).eval())
+        x = torch.randn(1, 3, 32, 32)
+        self._check(fused, x, torch.inference_mode)
+        with torch.inference_mode():
+            fused.layer2[0].downsample[1].running_var.mul_(3.0)
+            fused.layer3[1].conv2.weight.neg_()
+        self._check(fused, x, torch.inference_mode)
+
+    def test_forget_folds_after_editing_inference_tensors_in_place(self):
+        fused = _built_in_inference_mode()
+        x = torch.randn(1, 3, 32, 32)
+        self._check(fused, x, torch.inference_mode)
+        with torch.inference_mode():
+            fused.load_state_dict(randomize_bn(torchvision.models.resnet18()).state_dict())
+        forget_folds(fused)
+        self._check(fused, x, torch.inference_mode)
+
+    def test_runner_invalidate_forgets_folds(self):
+        """``invalidate()`` must reach the folded weights too, or re-capturing would replay
+        the stale ones."""
+        fused = _built_in_inference_mode()
+        x = torch.randn(1, 3, 32, 32)
+        self._check(fused, x, torch.inference_mode)
+        with torch.inference_mode():
+            fused.conv1.weight.neg_()
+        fusedres.CUDAGraphRunner(fused).invalidate()
+        self._check(fused, x, torch.inference_mode)
+
+
+class TestModelWatch:
+    """Issue 9, item 4: the CUDA-graph runner's staleness check, exercised on CPU."""
+
+    @pytest.fixture
+    def fused(self):
+        return fusedres.fuse(randomize_bn(torchvision.models.resnet18())).eval()
+
+    def test_unchanged(self, fused):
+        watch = ModelWatch(fused)
+        assert not watch.changed()
+        nn.Linear(4, 4)  # registers parameters elsewhere: the watch looks again, finds nothing
+        assert not watch.changed()
+        assert not watch.changed()
+
+    @pytest.mark.parametrize("change", [
+        "in_place_weight", "in_place_running_var", "load_state_dict", "half_float_round_trip",
+        "replaced_parameter", "replaced_submodule", "replaced_block", "eps"])
+    def test_change_is_seen(self, fused, change):
+        watch = ModelWatch(fused)
+        with torch.no_grad():
+            if change == "in_place_weight":
+                fused.layer3[1].conv2.weight.neg_()
+            elif change == "in_place_running_var":
+                fused.layer2[0].downsample[1].running_var.mul_(3.0)
+            elif change == "load_state_dict":
+                fused.load_state_dict(torchvision.models.resnet18().state_dict())
+            elif change == "half_float_round_trip":
+                fused.half().float()
+            elif change == "replaced_parameter":
+                fused.fc.bias = nn.Parameter(torch.randn_like(fused.fc.bias))
+            elif change == "replaced_submodule":
+                fused.layer2[1].bn2 = randomize_bn(nn.BatchNorm2d(128)).eval()
+            elif change == "replaced_block":
+                fused.layer4[1] = fusedres.fuse(torchvision.models.resnet18()).layer4[1].eval()
+            elif change == "eps":
+                fused.layer1[0].bn1.eps = 0.5
+        assert watch.changed()
+
+    def test_inference_tensor_model(self):
+        fused = _built_in_inference_mode()
+        watch = ModelWatch(fused)
+        assert not watch.changed()
+        with torch.inference_mode():
+            fused.load_state_dict(torchvision.models.resnet18().state_dict(), assign=True)
+        assert watch.changed()
+
+
+@pytest.mark.gpu
+def test_cuda_graph_runner_never_replays_stale_weights():
+    """Issue 9, item 4, on the device: the cheap check still catches every edit."""
+    fused = fusedres.fuse(randomize_bn(torchvision.models.resnet18())).cuda().eval()
+    runner = fusedres.CUDAGraphRunner(fused)
+    x = torch.randn(1, 3, 32, 32, device="cuda")
+
+    def check():
+        with torch.no_grad():
+            out = runner(x)
+        assert_close_to_reference(out, _float64_reference(fused, x.cpu()), model_tol(TF32))
+
+    check()
+    check()  # a replay of the captured graph
+    with torch.no_grad():
+        fused.layer3[1].conv2.weight.neg_()
+    check()
+    fused.load_state_dict(randomize_bn(torchvision.models.resnet18()).state_dict())
+    check()
+    fused.layer2[1].bn2 = randomize_bn(nn.BatchNorm2d(128)).cuda().eval()
+    check()
