@@ -14,6 +14,7 @@ stderr, the result table to stdout.
 import argparse
 import copy
 import json
+import math
 import platform
 import sys
 import time
@@ -30,6 +31,8 @@ DEFAULTS = {
 }
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 BASELINE = "eager"
+WARMUP_CALLS = 3
+MIN_ROUNDS, MAX_ROUNDS = 5, 1000  # interleaved rounds, whatever --seconds asks for
 
 
 def eager_model(name: str, seed: int = 0) -> torch.nn.Module:
@@ -119,12 +122,31 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def _positive(convert, kind):
+    """An argparse ``type=`` accepting only values above zero: 0 would otherwise silently mean
+    "the default" and a negative size end in a traceback deep inside torch."""
+    def parse(text):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a positive {kind}, got {text!r}") from None
+        if not (value > 0 and math.isfinite(value)):  # nan fails both tests
+            raise argparse.ArgumentTypeError(f"must be a positive {kind}, got {text}")
+        return value
+    return parse
+
+
+_positive_int = _positive(int, "integer")
+_positive_float = _positive(float, "finite number")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from .models import MODELS
 
     parser.add_argument("--model", default="resnet18", choices=sorted(MODELS))
-    parser.add_argument("--batch", type=int, help="batch size (default: 4 on CPU, 256 on CUDA)")
-    parser.add_argument("--size", type=int, help="image height and width (default: 224)")
+    parser.add_argument("--batch", type=_positive_int,
+                        help="batch size (default: 4 on CPU, 256 on CUDA)")
+    parser.add_argument("--size", type=_positive_int, help="image height and width (default: 224)")
     parser.add_argument("--dtype", choices=sorted(DTYPES),
                         help="default: float32 on CPU, float16 on CUDA")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
@@ -132,14 +154,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", action="store_true",
                         help="also time torch.compile (default mode) of the eager model; "
                              "compiling takes a while")
-    parser.add_argument("--seconds", type=float,
-                        help="timing budget after warm-up (default: 30 on CPU, 20 on CUDA)")
+    parser.add_argument("--seconds", type=_positive_float,
+                        help="timing budget after warm-up; at least 5 interleaved rounds are "
+                             "timed however long they take (default: 30 on CPU, 20 on CUDA)")
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
     parser.add_argument("--plot", metavar="PATH", help="write a bar chart PNG (needs matplotlib)")
 
 
 def _say(message: str) -> None:
     print(f"[fusedres bench] {message}", file=sys.stderr, flush=True)
+
+
+def _warm_up_message(device: torch.device, compile_model: bool) -> str:
+    """What the warm-up is for on this device (no cuDNN and no Triton compilation on CPU)."""
+    work = (["Triton compilation and autotuning", "cuDNN algorithm search"]
+            if device.type == "cuda" else [])
+    if compile_model:
+        work.append("torch.compile")
+    why = f"; {', '.join(work)} happen here" if work else ""
+    return f"warming up: {WARMUP_CALLS} calls per contender{why}"
+
+
+def _timing_message(contenders: int, rounds: int, seconds_per_round: float,
+                    budget_s: float) -> str:
+    """The timing plan with its expected duration, from the warm-up's per-call times: the
+    minimum number of rounds can outlast --seconds by far on a slow machine."""
+    message = (f"timing {contenders} contenders interleaved, {rounds} rounds "
+               f"(~{rounds * seconds_per_round:.0f} s")
+    if rounds == MIN_ROUNDS and rounds * seconds_per_round > budget_s:
+        message += f"; {MIN_ROUNDS} rounds is the minimum, longer than --seconds {budget_s:g}"
+    return message + ")"
 
 
 def _round_progress(done: int, rounds: int) -> None:
@@ -159,12 +203,12 @@ def measure(args, device: torch.device) -> dict:
     _say(f"building {args.model} (eager NCHW, eager channels_last, fused"
          f"{', torch.compile' if args.compile else ''})")
     contenders = model_contenders(args.model, args.batch, args.size, dtype, device, args.compile)
-    _say("warming up (compilation, autotuning and cuDNN algorithm search happen here)")
-    last = timing.warm_up(contenders, device, calls=3)
+    _say(_warm_up_message(device, args.compile))
+    last = timing.warm_up(contenders, device, calls=WARMUP_CALLS)
     differences = max_abs_differences(contenders)
-    rounds = timing.rounds_for_budget(sum(last.values()), args.seconds, 5, 1000)
-    _say(f"timing {len(contenders)} contenders interleaved, {rounds} rounds "
-         f"(~{args.seconds:.0f} s)")
+    seconds_per_round = sum(last.values())
+    rounds = timing.rounds_for_budget(seconds_per_round, args.seconds, MIN_ROUNDS, MAX_ROUNDS)
+    _say(_timing_message(len(contenders), rounds, seconds_per_round, args.seconds))
     times = timing.interleaved(contenders, device, rounds, progress=_round_progress)
     baseline = timing.median(times[BASELINE])
     results = []

@@ -87,7 +87,8 @@ def _block_kind(block, where):
                                 "expected torchvision's BasicBlock or Bottleneck")
 
 
-def _fuse_block(block, where):
+def _check_block(block, where):
+    """The fused class for ``block``, or UnsupportedModelError naming what does not fit."""
     kind = _block_kind(block, where)
     _check_class(block, kind, where)
     fused_cls, required = _BLOCKS[kind]
@@ -102,6 +103,10 @@ def _fuse_block(block, where):
                                     f"got {type(block.relu).__name__}")
     if block.downsample is not None:
         _check_downsample(block.downsample, f"{where}.downsample")
+    return fused_cls
+
+
+def _fuse_block(block, fused_cls):
     fused = _rebuild(fused_cls, block, ("downsample", "stride"))
     fused._init_caches()
     return fused
@@ -116,7 +121,8 @@ def fuse(model: nn.Module, *, inplace: bool = False) -> FusedResNet:
     default) the model is deep-copied first; with ``inplace=True`` the fused model shares the
     input's submodules and parameters (no copy, and the original must not be used for
     something else).  Anything that is not a torchvision-style ResNet raises
-    ``UnsupportedModelError`` naming the part.
+    ``UnsupportedModelError`` naming the part; the whole model is checked before anything is
+    changed, so when ``fuse`` raises, the input model is untouched in both modes.
     """
     if isinstance(model, FusedResNet):
         return model if inplace else copy.deepcopy(model)
@@ -132,14 +138,20 @@ def fuse(model: nn.Module, *, inplace: bool = False) -> FusedResNet:
         if not isinstance(getattr(model, name), cls):
             raise UnsupportedModelError(f"{name}: expected {cls.__name__}, got "
                                         f"{type(getattr(model, name)).__name__}")
-    if not inplace:
-        model = copy.deepcopy(model)
+    # Check every block before changing anything: with inplace=True a failure half-way
+    # through would otherwise leave the caller's model part fused.
+    fused_classes = {}
     for i in range(1, 5):
         layer = getattr(model, f"layer{i}")
         if not isinstance(layer, nn.Sequential):
             raise UnsupportedModelError(f"layer{i}: expected nn.Sequential, got {type(layer).__name__}")
         for j in range(len(layer)):
-            layer[j] = _fuse_block(layer[j], f"layer{i}.{j}")
+            fused_classes[i, j] = _check_block(layer[j], f"layer{i}.{j}")
+    if not inplace:
+        model = copy.deepcopy(model)
+    for (i, j), fused_cls in fused_classes.items():
+        layer = getattr(model, f"layer{i}")
+        layer[j] = _fuse_block(layer[j], fused_cls)
     fused = _rebuild(FusedResNet, model, ("inplanes", "dilation", "groups", "base_width",
                                           "_norm_layer"))
     fused._stem_fold = FoldCache()

@@ -1,4 +1,5 @@
 """BatchNorm folding and the cache of folded weights that can never go stale."""
+import operator
 from typing import NamedTuple, Optional
 
 import torch
@@ -40,39 +41,97 @@ class Folded(NamedTuple):
     shortcut_weight: Optional[torch.Tensor]
 
 
+_DATA_PTR = torch.Tensor.data_ptr
+_VERSION = operator.attrgetter("_version")
+
+
+class TensorWatch:
+    """Tells whether any of a fixed set of tensors may hold other values than when watched.
+
+    The one staleness rule of the library, used by ``FoldCache`` and ``CUDAGraphRunner``.  Per
+    tensor it compares, in one pass each:
+
+      * the version counter, bumped by every in-place edit (``load_state_dict`` included);
+      * the data pointer, which ``.data = ...`` and ``module.to()`` / ``.half()`` / ``.cuda()``
+        move while keeping the tensor object and its version.  The watch holds an alias of
+        every watched storage, so a freed address cannot come back holding new values; a
+        change of dtype, device or size needs a new storage, so the pointer covers those.
+
+    Inference tensors (made under ``torch.inference_mode()``, e.g. a model built or loaded
+    there) have no version counter.  Outside inference mode they cannot be edited in place at
+    all; inside it their in-place edits, ``load_state_dict`` included, are NOT noticed:
+    checking their values on every call would cost as much as folding again.  Replace such
+    tensors instead (``load_state_dict(..., assign=True)``, or a new module), or call
+    ``forget_folds(model)`` (``CUDAGraphRunner.invalidate()`` under CUDA graphs) after the
+    edit.
+    """
+
+    def __init__(self, tensors):
+        self.tensors = tuple(tensors)
+        self._storages = tuple(t.detach() for t in self.tensors)
+        self._versioned = tuple(t for t in self.tensors if not t.is_inference())
+        self._pointers = tuple(map(_DATA_PTR, self.tensors))
+        self._versions = tuple(map(_VERSION, self._versioned))
+
+    def watches(self, tensors) -> bool:
+        """Whether ``tensors`` are the watched tensor objects, in order (not replaced)."""
+        return len(tensors) == len(self.tensors) and all(map(operator.is_, tensors, self.tensors))
+
+    def changed(self) -> bool:
+        # Pointers first: a tensor whose data was swapped may have no version to read.
+        return (tuple(map(_DATA_PTR, self.tensors)) != self._pointers
+                or tuple(map(_VERSION, self._versioned)) != self._versions)
+
+
 class FoldCache:
     """Folded weights of one fused launch, rebuilt whenever their sources change.
 
     ``get`` takes the modules on every call rather than holding them, so replacing a
     submodule (``block.conv1 = ...``) can never leave a fused model pointing at the old one.
-    The cache keeps a fingerprint of every tensor it folded: identity (data pointer, with the
-    old tensor held so its address cannot be reused by a new one), version counter (bumped by
-    every in-place edit, ``load_state_dict`` included), dtype, device and shape, plus each
-    BatchNorm's ``eps``.  Any difference drops every cached variant.
+    The cache watches every tensor it folded (``TensorWatch``: replaced, edited in place,
+    moved), plus each BatchNorm's ``eps``.  Any difference drops every cached variant.
     """
 
     def __init__(self):
-        self._fingerprint = None
-        self._held = ()
-        self._variants = {}
+        self.clear()
 
     def get(self, pairs, dtype: torch.dtype, device: torch.device, packed: bool) -> Folded:
         """``pairs``: ``[(conv, bn)]``, or ``[(conv, bn), (shortcut_conv, shortcut_bn)]``."""
         sources = [t for conv, bn in pairs
                    for t in (conv.weight, conv.bias, bn.weight, bn.bias,
                              bn.running_mean, bn.running_var) if t is not None]
-        fingerprint = tuple(bn.eps for _, bn in pairs) + tuple(
-            (t.data_ptr(), t._version, t.dtype, t.device, t.shape) for t in sources)
-        if fingerprint != self._fingerprint:
+        eps = tuple(bn.eps for _, bn in pairs)
+        if (self._watch is None or eps != self._eps or not self._watch.watches(sources)
+                or self._watch.changed()):
             for conv, bn in pairs:
                 check_foldable(conv, bn)
             self._variants.clear()
-            self._held = tuple(t.detach() for t in sources)
-            self._fingerprint = fingerprint
+            self._watch = TensorWatch(sources)
+            self._eps = eps
         key = (dtype, device, packed)
         if key not in self._variants:
             self._variants[key] = build_folded(pairs, dtype, device, packed)
         return self._variants[key]
+
+    def clear(self) -> None:
+        """Forget everything; the next ``get`` folds again."""
+        self._watch = None
+        self._eps = ()
+        self._variants = {}
+
+
+def forget_folds(model: nn.Module) -> None:
+    """Make every fused module in ``model`` fold its weights again on its next call.
+
+    Only needed after an edit that ``TensorWatch`` cannot see: an in-place edit of inference
+    tensors inside ``torch.inference_mode()``.
+    """
+    for module in model.modules():
+        # Fused modules keep their caches as plain attributes: one FoldCache or a list.
+        for value in vars(module).values():
+            for cache in (value if isinstance(value, list) else (value,)):
+                if isinstance(cache, FoldCache):
+                    cache.clear()
 
 
 def build_folded(pairs, dtype, device, packed) -> Folded:

@@ -69,6 +69,11 @@ def conv_bn_act(x, conv, bn, cache, *, relu, residual=None, shortcut=None):
     (see ``compute_dtype``).
     """
     check_input(x, conv)
+    if not _autocast_enabled(x) and x.dtype != conv.weight.dtype:
+        # Said here, at the model's first step, rather than by the classifier much later.
+        raise TypeError(f"input has dtype {x.dtype} but the model's parameters have dtype "
+                        f"{conv.weight.dtype}; convert one to the other (model.to({x.dtype}) "
+                        f"or x.to({conv.weight.dtype})), or run under torch.autocast")
     dtype = compute_dtype(x)
     x = x.to(dtype)
     if residual is not None:
