@@ -3,24 +3,42 @@ single Triton kernels.
 
     import fusedres
     model = fusedres.fuse(torchvision_resnet)        # or fusedres.resnet50(weights=...)
+
+The public names are imported on first use (PEP 562), so ``import fusedres`` and the command
+line's ``--help`` do not import torch.
 """
-from ._source_checkout import load_kernels_from_checkout
+import importlib
 
-load_kernels_from_checkout()  # before anything imports fusedres.kernels
+from ._source_checkout import install_checkout_kernels
 
-from .convert import UnsupportedModelError, fuse
-from .cuda_graphs import CUDAGraphRunner
-from .folding import fold_bn
-from .models import (MODELS, resnet18, resnet34, resnet50, resnet101, resnet152, resnext50_32x4d,
-                     resnext101_32x8d, resnext101_64x4d, wide_resnet50_2, wide_resnet101_2)
-from .modules import FusedConvBN
-from .warmup import warmup
-from .resnet import FusedBasicBlock, FusedBottleneck, FusedResNet
+install_checkout_kernels()  # a source checkout's kernels/ as fusedres.kernels (imports nothing)
 
 __version__ = "0.1.0"
-__all__ = [
-    "CUDAGraphRunner", "FusedBasicBlock", "FusedBottleneck", "FusedConvBN", "FusedResNet", "MODELS",
-    "UnsupportedModelError", "fold_bn", "fuse", "resnet18", "resnet34", "resnet50",
-    "resnet101", "resnet152", "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d",
-    "warmup", "wide_resnet50_2", "wide_resnet101_2",
-]
+
+# Public name -> the submodule that defines it.
+_EXPORTS = {
+    "UnsupportedModelError": "convert", "fuse": "convert",
+    "CUDAGraphRunner": "cuda_graphs",
+    "fold_bn": "folding", "forget_folds": "folding",
+    "FusedConvBN": "modules",
+    "FusedBasicBlock": "resnet", "FusedBottleneck": "resnet", "FusedResNet": "resnet",
+    "warmup": "precompile",
+    **dict.fromkeys(["MODELS", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
+                     "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d",
+                     "wide_resnet50_2", "wide_resnet101_2"], "models"),
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name == "kernels":  # the kernel layer, as `fusedres.kernels`
+        return importlib.import_module(".kernels", __name__)
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'fusedres' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted([*globals(), *_EXPORTS])

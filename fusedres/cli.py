@@ -13,7 +13,7 @@ SUBCOMMANDS = {
     "inspect": ("fusedres.gpu_inspect",
                 "compile every kernel specialisation of a model for a GPU target and report "
                 "registers, spills, shared memory and tensor-core use (no GPU needed)"),
-    "warmup": ("fusedres.warmup",
+    "warmup": ("fusedres.precompile",
                "compile, in parallel on every core, every kernel a model will launch on this "
                "GPU, so that its first forward does not wait on compiles"),
 }

@@ -130,9 +130,6 @@ class TestHelpDoesNotImportTorch:
                  "spec.loader.exec_module(cli)")
         assert not self._imports_torch(setup)
 
-    @pytest.mark.xfail(strict=True, reason="fusedres/__init__.py imports torch eagerly (through "
-                                           "convert, folding ...); the entry point "
-                                           "fusedres.cli:main runs it first")
     def test_through_the_package(self):
         assert not self._imports_torch("from fusedres import cli")
 
