@@ -133,8 +133,9 @@ def pytest_sessionfinish(session, exitstatus):
     threshold, source = gate.resolve_threshold(option, bench_device().type if option == "auto"
                                                else None)
     ratios = gate.compute_ratios(gate.results_from_benchmarks(bs.benchmarks))
-    verdict = gate.judge(ratios, threshold)
-    config._fusedres_gate = (verdict, threshold, source)
+    gated = gate.gated_for(bench_device().type)
+    verdict = gate.judge(ratios, threshold, gated)
+    config._fusedres_gate = (verdict, threshold, source, gated)
     if not verdict.passed and session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
@@ -156,10 +157,10 @@ def pytest_terminal_summary(terminalreporter, config):
     if config._fusedres_gate is None:
         terminalreporter.write_line("speedup gate: the session ended before the gate ran")
         return
-    verdict, threshold, source = config._fusedres_gate
+    verdict, threshold, source, gated = config._fusedres_gate
     if not verdict.ratios:
         terminalreporter.write_line("speedup gate: no fused benchmark ran; nothing to check")
         return
     terminalreporter.write_line(f"threshold {threshold:g}x ({source})")
-    for line in gate.format_table(verdict, threshold).splitlines():
+    for line in gate.format_table(verdict, threshold, gated).splitlines():
         terminalreporter.write_line(line, red=line.endswith("FAIL") or "FAILED" in line)

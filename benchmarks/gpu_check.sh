@@ -7,24 +7,21 @@
 #   bash benchmarks/gpu_check.sh OUTDIR
 #
 # Time plan (seconds; each stage has a hard limit, and a stage is skipped when starting it
-# could overrun the 460 s total).  Estimates from counts made on CPU with Triton 3.6 (the GPU
-# machine's version): a compile takes ~1 s (the 7x7 stem's up to 4.5 s), a worker process
-# start ~2 s, a tuner benchmark ~40 ms.
-#   environment    10   nvidia-smi, versions
-#   warmup         90   ResNet-18/34/50 fp16 at batch 256 and 1: ~45 geometries x 6 configs
-#                       = ~270 compiles / 16 cores ~ 25-40 s, through Triton's JIT into its cache
-#   first_call     50   two fresh processes time ResNet-50's first forward after the warm-up
-#                       (the first runs the tuner: ~144 x 40 ms; the second finds it stored)
-#   models        170   fp16 b256, 3 models x (eager, eager NCHW, fused, CUDA graphs, compile):
-#                       tuner ~24 geometries x 6 x 40 ms ~ 6 s per model, torch.compile
-#                       ~30-45 s per model (the bulk), timing 1 s per model
-#   layers         60   ~30 layer geometries x (warm-up + 0.5 s interleaved); tuner choices
-#                       are read from disk (stored by the models stage), nothing re-benchmarks
-#   gpu_tests      75   pytest -m gpu, FUSEDRES_AUTOTUNE=0 (one default config per geometry:
-#                       numerics, not the tuner; one test autotunes on purpose)
-#   inspect        90   sm_90 ResNet-50 fp16 table (144 rows); compiles hit Triton's cache, but
-#                       every worker imports torch and reads each cubin (30 s did 80 rows)
-#   models_small   60   fp16 batch 1 (launch-bound: CUDA graphs) for ResNet-18/50
+# could overrun the 460 s total).  "took" is what two H200 runs measured (2026-11-28,
+# benchmarks/results/), the estimates before them came from counts made on CPU.
+#   stage         limit  took     what
+#   environment     -    17-25    nvidia-smi, versions
+#   warmup         90    41-55    ResNet-18/34/50 fp16 at batch 256 and 1: 68 geometries, 408
+#                                 compiles on 16 cores, through Triton's JIT into its cache
+#   first_call     50    21-24    two fresh processes time ResNet-50's first forward after the
+#                                 warm-up (the first runs the tuner, the second finds it stored)
+#   models        110    57-70    fp16 b256, 3 models x (eager, eager NCHW, fused, CUDA graphs,
+#                                 torch.compile); tuner choices come from disk
+#   layers         60    26-31    34 layer geometries, tuner choices from disk
+#   gpu_tests     120    >82      pytest -m gpu, FUSEDRES_AUTOTUNE=0 (numerics, not the tuner;
+#                                 one test autotunes): every new shape compiles, one at a time
+#   inspect        90    26       sm_90 ResNet-50 fp16 table (compiles hit Triton's cache)
+#   models_small   60    26-32    fp16 batch 1 (launch-bound: CUDA graphs), ResNet-18/50
 #
 # Runs from the source checkout (PYTHONPATH), no pip install: torch, triton, torchvision,
 # pytest, pytest-benchmark and hypothesis must be installed.  Stage output, JSON, the
@@ -76,7 +73,7 @@ stage() {
     pack
 }
 
-log "plan: environment 10, warmup 90, first_call 50, models 170, layers 60, gpu_tests 75, inspect 90, models_small 60 (s; total budget ${TOTAL}s)"
+log "plan (limits, s): warmup 90, first_call 50, models 110, layers 60, gpu_tests 120, inspect 90, models_small 60; total budget ${TOTAL}s"
 
 if python -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
     DRY=0
@@ -137,7 +134,7 @@ fi
 BENCH=(python -m pytest -q -p no:cacheprovider --benchmark-only --min-speedup 0
        --benchmark-columns=median,iqr,rounds)
 export FUSEDRES_KERNEL_REPORT="$WORK/kernels_models.json"
-stage models 170 "${BENCH[@]}" benchmarks/test_models.py -k "$HEADLINE" --bench-compile on \
+stage models 110 "${BENCH[@]}" benchmarks/test_models.py -k "$HEADLINE" --bench-compile on \
     --benchmark-json "$WORK/models.json"
 export FUSEDRES_KERNEL_REPORT="$WORK/kernels_layers.json"
 stage layers 60 "${BENCH[@]}" benchmarks/test_layers.py ${LAYERS:+-k "$LAYERS"} \
@@ -145,7 +142,7 @@ stage layers 60 "${BENCH[@]}" benchmarks/test_layers.py ${LAYERS:+-k "$LAYERS"} 
 unset FUSEDRES_KERNEL_REPORT
 
 # On a CPU every GPU test skips with its reason (the command itself is checked).
-stage gpu_tests 75 env FUSEDRES_AUTOTUNE=0 python -m pytest tests -m gpu -q -p no:cacheprovider -rs
+stage gpu_tests 120 env FUSEDRES_AUTOTUNE=0 python -m pytest tests -m gpu -q -p no:cacheprovider -rs
 
 if [ "$DRY" -eq 0 ] && { [ "$ARCH" = sm_80 ] || [ "$ARCH" = sm_90 ]; }; then
     stage inspect 90 python -m fusedres inspect --model resnet50 --dtype float16 --arch "$ARCH"

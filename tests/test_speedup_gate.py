@@ -72,11 +72,12 @@ def test_auto_threshold_is_the_documented_device_default():
     assert gate.resolve_threshold("1.5", "cuda") == (1.5, "--min-speedup")
 
 
-# A pair recorded with fixed times (fused 2x faster), so the plugin runs without torch timing.
+# A pair recorded with fixed times (fused 2x faster), so the plugin runs without torch timing;
+# named like a model benchmark, which the gate checks on every device.
 PAIR_FILE = """
 from benchmarks import recording
 
-def test_pair(benchmark):
+def test_model(benchmark):
     if benchmark.disabled:
         recording.mark_used(benchmark)
         return
@@ -97,10 +98,24 @@ def run_plugin(tmp_path, *args):
 def test_plugin_sets_the_exit_status(tmp_path, threshold, status, word):
     done = run_plugin(tmp_path, "--min-speedup", threshold)
     assert done.returncode == status, done.stdout + done.stderr
-    assert "test_pair " in done.stdout and "2.000x" in done.stdout and word in done.stdout
+    assert "test_model " in done.stdout and "2.000x" in done.stdout and word in done.stdout
 
 
 def test_plugin_says_it_does_nothing_with_benchmark_disable(tmp_path):
     done = run_plugin(tmp_path, "--benchmark-disable", "--min-speedup", "100")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "benchmarks are disabled (--benchmark-disable)" in done.stdout
+
+
+def test_on_cpu_only_models_can_fail_layers_are_reported():
+    entries = [entry("test_model", "eager", 1.2, b=1), entry("test_model", "fused", 1.0, b=1),
+               entry("test_layer", "eager", 0.5, b=1), entry("test_layer", "fused", 1.0, b=1)]
+    ratios = gate.compute_ratios(gate.results_from_benchmarks(entries))
+    cpu = gate.gated_for("cpu")
+    verdict = gate.judge(ratios, 0.9, cpu)
+    assert verdict.passed
+    table = gate.format_table(verdict, 0.9, cpu)
+    assert "report" in table and "1 gated comparisons" in table
+    # A GPU gates every comparison, and a slow CPU model still fails.
+    assert not gate.judge(ratios, 0.9, gate.gated_for("cuda")).passed
+    assert not gate.judge(ratios, 1.5, cpu).passed
