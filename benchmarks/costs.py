@@ -5,6 +5,7 @@ once and writes its output once.  Every contender of a comparison is credited wi
 bytes, so GB/s compares like for like (eager really moves more: separate BN, add and ReLU
 passes).
 """
+from fusedres.kernels import conv_output_size
 from fusedres.trace import LaunchSpec
 
 _BYTES = {"torch.float16": 2, "torch.bfloat16": 2, "torch.float32": 4}
@@ -12,9 +13,8 @@ _BYTES = {"torch.float16": 2, "torch.bfloat16": 2, "torch.float32": 4}
 
 def output_size(spec: LaunchSpec):
     kh, kw = spec.kernel_size
-    span_h, span_w = spec.dilation * (kh - 1) + 1, spec.dilation * (kw - 1) + 1
-    return ((spec.height + 2 * spec.padding - span_h) // spec.stride + 1,
-            (spec.width + 2 * spec.padding - span_w) // spec.stride + 1)
+    return (conv_output_size(spec.height, kh, spec.stride, spec.padding, spec.dilation),
+            conv_output_size(spec.width, kw, spec.stride, spec.padding, spec.dilation))
 
 
 def launch_flops(spec: LaunchSpec) -> int:

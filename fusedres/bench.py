@@ -22,6 +22,7 @@ import time
 import torch
 
 from . import timing
+from .cli import positive_float, positive_int
 
 # Per device: (batch, image size, dtype, timing budget in seconds).  The CPU default keeps a
 # whole run at about a minute on a 2-core machine.
@@ -122,31 +123,15 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _positive(convert, kind):
-    """An argparse ``type=`` accepting only values above zero: 0 would otherwise silently mean
-    "the default" and a negative size end in a traceback deep inside torch."""
-    def parse(text):
-        try:
-            value = convert(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a positive {kind}, got {text!r}") from None
-        if not (value > 0 and math.isfinite(value)):  # nan fails both tests
-            raise argparse.ArgumentTypeError(f"must be a positive {kind}, got {text}")
-        return value
-    return parse
-
-
-_positive_int = _positive(int, "integer")
-_positive_float = _positive(float, "finite number")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from .models import MODELS
 
     parser.add_argument("--model", default="resnet18", choices=sorted(MODELS))
-    parser.add_argument("--batch", type=_positive_int,
+    parser.add_argument("--batch", type=positive_int,
                         help="batch size (default: 4 on CPU, 256 on CUDA)")
-    parser.add_argument("--size", type=_positive_int, help="image height and width (default: 224)")
+    parser.add_argument("--size", type=positive_int, help="image height and width (default: 224)")
     parser.add_argument("--dtype", choices=sorted(DTYPES),
                         help="default: float32 on CPU, float16 on CUDA")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
@@ -154,7 +139,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", action="store_true",
                         help="also time torch.compile (default mode) of the eager model; "
                              "compiling takes a while")
-    parser.add_argument("--seconds", type=_positive_float,
+    parser.add_argument("--seconds", type=positive_float,
                         help="timing budget after warm-up; at least 5 interleaved rounds are "
                              "timed however long they take (default: 30 on CPU, 20 on CUDA)")
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON")

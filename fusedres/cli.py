@@ -6,6 +6,7 @@ Each subcommand lives in its own module exposing ``add_arguments(parser)`` and
 """
 import argparse
 import importlib
+import math
 import sys
 
 SUBCOMMANDS = {
@@ -17,6 +18,24 @@ SUBCOMMANDS = {
                "compile, in parallel on every core, every kernel a model will launch on this "
                "GPU, so that its first forward does not wait on compiles"),
 }
+
+
+def _positive(convert, kind):
+    """An argparse ``type=`` accepting only values above zero: 0 would otherwise silently mean
+    "the default" and a negative size end in a traceback deep inside torch."""
+    def parse(text):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a positive {kind}, got {text!r}") from None
+        if not (value > 0 and math.isfinite(value)):  # nan fails both tests
+            raise argparse.ArgumentTypeError(f"must be a positive {kind}, got {text}")
+        return value
+    return parse
+
+
+positive_int = _positive(int, "integer")
+positive_float = _positive(float, "finite number")
 
 
 def main(argv=None) -> int:

@@ -20,6 +20,7 @@ import triton
 
 from . import aot, trace
 from .aot import TENSOR_CORE_OPS, CompileResult, Job, TileConfig
+from .cli import positive_int
 from .kernels import cudnn_allows_tf32
 from .kernels import fused_conv as conv_kernel
 from .models import MODELS
@@ -181,11 +182,16 @@ def _size(text):
     return int(height), int(width or height)
 
 
-def add_model_arguments(parser):
-    """The options that say which launches to compile (shared with ``fusedres warmup``)."""
-    parser.add_argument("--model", required=True, choices=sorted(MODELS))
+def add_model_arguments(parser, several=False):
+    """The options that say which launches to compile (shared with ``fusedres warmup``, which
+    takes ``several`` models and batch sizes)."""
+    parser.add_argument("--model", required=True, choices=sorted(MODELS),
+                        nargs="+" if several else None,
+                        help="one or more models; their kernels compile in one parallel pass"
+                             if several else None)
     parser.add_argument("--dtype", required=True, choices=list(DTYPES))
-    parser.add_argument("--batch", type=int, default=256,
+    parser.add_argument("--batch", type=positive_int, default=[256] if several else 256,
+                        nargs="+" if several else None,
                         help="batch size traced (default 256); it decides which integer "
                              "arguments Triton specialises as divisible by 16")
     parser.add_argument("--size", type=_size, default=(224, 224), metavar="HxW",

@@ -36,7 +36,7 @@ def _(x, weight, bias, residual, shortcut_x, shortcut_weight, kernel_size, strid
       dilation, groups, shortcut_stride, relu, allow_tf32):
     kh, kw = kernel_size
     n, _, h, w = x.shape
-    oh = (h + 2 * padding - dilation * (kh - 1) - 1) // stride + 1
-    ow = (w + 2 * padding - dilation * (kw - 1) - 1) // stride + 1
+    oh = kernels.conv_output_size(h, kh, stride, padding, dilation)
+    ow = kernels.conv_output_size(w, kw, stride, padding, dilation)
     return torch.empty((n, weight.shape[1], oh, ow), dtype=x.dtype, device=x.device,
                        memory_format=torch.channels_last)

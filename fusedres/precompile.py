@@ -69,17 +69,8 @@ def compile_specs(specs, arch: int, *, autotuning: Optional[bool] = None,
 # ---------------------------------------------------------------- command line
 
 def add_arguments(parser):
-    from .gpu_inspect import ARCHES, DTYPES, MODELS, _size
-    parser.add_argument("--model", required=True, nargs="+", choices=sorted(MODELS),
-                        help="one or more models; their kernels compile in one parallel pass")
-    parser.add_argument("--dtype", required=True, choices=list(DTYPES))
-    parser.add_argument("--batch", type=int, nargs="+", default=[256],
-                        help="batch sizes to prepare (default 256); a batch size changes which "
-                             "integer arguments Triton specialises as divisible by 16")
-    parser.add_argument("--size", type=_size, default=(224, 224), metavar="HxW",
-                        help="input image size (default 224x224)")
-    parser.add_argument("--jobs", type=int, default=None,
-                        help="parallel compiles (default: one per CPU core)")
+    from .gpu_inspect import ARCHES, add_model_arguments
+    add_model_arguments(parser, several=True)
     parser.add_argument("--arch", choices=list(ARCHES), default=None,
                         help="target (default: this machine's GPU)")
 
@@ -96,10 +87,6 @@ def run(args) -> int:
         print("fusedres warmup: no CUDA device here; name a target with --arch "
               "(the CPU path compiles nothing)", file=sys.stderr)
         return 2
-    for batch in args.batch:
-        if batch < 1:
-            print(f"fusedres warmup: --batch must be positive, got {batch}", file=sys.stderr)
-            return 2
     specs = trace.unique([spec for model in args.model for batch in args.batch
                           for spec in specialisations(model, DTYPES[args.dtype], batch, args.size)])
     names = " ".join(args.model)

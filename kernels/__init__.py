@@ -3,8 +3,8 @@
 Knows tensors, shapes and dtypes; never imports from ``fusedres``.
 """
 from .fused_conv import (GPU_CONFIGS, INTERPRETED, SUPPORTED_DTYPES, conv_bn_act,
-                          cudnn_allows_tf32)
+                          conv_output_size, cudnn_allows_tf32)
 from .layout import pack_weight
 
-__all__ = ["GPU_CONFIGS", "INTERPRETED", "SUPPORTED_DTYPES", "conv_bn_act", "cudnn_allows_tf32",
-           "pack_weight"]
+__all__ = ["GPU_CONFIGS", "INTERPRETED", "SUPPORTED_DTYPES", "conv_bn_act", "conv_output_size",
+           "cudnn_allows_tf32", "pack_weight"]

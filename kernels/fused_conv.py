@@ -43,12 +43,14 @@ INTERPRETED = _triton_interprets()
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 # Curated GPU configs, one list per activation element size; the tuner (kernels/autotune.py)
-# tries the list for the input's dtype once per geometry and machine and stores the winner.  `fusedres inspect` checks
-# that each compiles for sm_80 and sm_90 without register spills, within shared memory and on
-# tensor cores, for every ResNet-18/34/50 specialisation (ResNeXt-50: clean in fp16/bf16 on
-# sm_90; its grouped 3x3 convolutions still spill with some configs on sm_80 and in fp32).
-# What drove the choices: registers.  128x128 tiles hold 128 accumulator registers per thread at 4 warps and
-# spill (the 7x7 stem's gathered K walk and the fused shortcut first), so they get 8 warps.
+# tries the list for the input's dtype once per geometry and machine and stores the winner.
+# tests/test_gpu_inspect.py checks that each compiles for sm_80 and sm_90 without register
+# spills, within shared memory and on tensor cores, for every ResNet-18/50 specialisation in
+# fp16 and fp32 (ResNet-34 has ResNet-18's geometries; ResNeXt-50 was last checked clean in
+# fp16/bf16 on sm_90, while its grouped 3x3 convolutions spilled with some configs on sm_80
+# and in fp32).  What drove the choices: registers.  128x128 tiles hold 128 accumulator
+# registers per thread at 4 warps and spill (the 7x7 stem's gathered K walk and the fused
+# shortcut first), so they get 8 warps.
 # 128x64 with 4 warps is listed with BLOCK_K=32 only: with BLOCK_K=64 it needs up to 245
 # registers on ResNet-50 and spills ~600 bytes on ResNeXt's grouped 3x3 convolutions.
 # 64x64x64 runs 3 stages: at 4, ptxas spilled on sm_80 (3x3, stride 2).
@@ -337,8 +339,9 @@ def _check_packed(name, t, rows, c_out, device, dtype):
         raise ValueError(f"{name} must be contiguous")
 
 
-def _out_size(size, k, stride, pad, dil):
-    return (size + 2 * pad - dil * (k - 1) - 1) // stride + 1
+def conv_output_size(size, kernel, stride=1, padding=0, dilation=1):
+    """One spatial output size of a convolution (PyTorch's formula); the one copy of it."""
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
 def cudnn_allows_tf32() -> bool:
@@ -368,8 +371,8 @@ def launch_scalars(*, batch, c_in, height, width, c_out, kernel_size, stride, pa
     None.  Shared with ``fusedres inspect``, which compiles what would launch without a GPU
     (and so passes ``interpreted=False``)."""
     kh, kw = kernel_size
-    oh = _out_size(height, kh, stride, padding, dilation)
-    ow = _out_size(width, kw, stride, padding, dilation)
+    oh = conv_output_size(height, kh, stride, padding, dilation)
+    ow = conv_output_size(width, kw, stride, padding, dilation)
     c_short, hs, ws, stride_s = shortcut if shortcut is not None else (0, 0, 0, 1)
     # x, the shortcut input and the output (whose shape the residual shares); the packed
     # weights are indexed in int32 always (KH*KW*C_in/groups*C_out is far below 2**31).
@@ -433,7 +436,7 @@ def conv_bn_act(x, weight, bias, *, kernel_size, stride=1, padding=0, dilation=1
     if bias.shape != (c_out,) or bias.dtype != torch.float32 or bias.device != device:
         raise ValueError(f"bias must be a float32 [{c_out}] tensor on {device}, got "
                          f"{bias.dtype} {tuple(bias.shape)} on {bias.device}")
-    oh, ow = _out_size(h, kh, stride, padding, dilation), _out_size(w, kw, stride, padding, dilation)
+    oh, ow = conv_output_size(h, kh, stride, padding, dilation), conv_output_size(w, kw, stride, padding, dilation)
     if oh < 1 or ow < 1:
         raise ValueError(f"input of size {h}x{w} is too small for a {kh}x{kw} kernel with "
                          f"stride {stride}, padding {padding}, dilation {dilation}")
@@ -446,8 +449,8 @@ def conv_bn_act(x, weight, bias, *, kernel_size, stride=1, padding=0, dilation=1
         c_short = xs.shape[1]
         _check_packed("shortcut weight", ws, c_short, c_out, device, dtype)
         hs, wsz = xs.shape[2:]
-        if xs.shape[0] != n or (_out_size(hs, 1, stride_s, 0, 1),
-                                _out_size(wsz, 1, stride_s, 0, 1)) != (oh, ow):
+        if xs.shape[0] != n or (conv_output_size(hs, 1, stride_s, 0, 1),
+                                conv_output_size(wsz, 1, stride_s, 0, 1)) != (oh, ow):
             raise ValueError(f"shortcut input of shape {tuple(xs.shape)} with stride {stride_s} "
                              f"does not produce the output's shape {out_shape}")
         xs = xs.contiguous(memory_format=torch.channels_last)

@@ -104,10 +104,13 @@ def test_check_names_each_failure(result, expected):
 
 
 def test_ieee_fp32_needs_no_tensor_cores():
+    # What inspect decides for a row, not what the test tells it: an fp32 row without a
+    # tensor-core instruction is clean without TF32 and a failure with it.
     result = gpu_inspect.CompileResult(registers=96, stack_bytes=0, shared_bytes=65536)
     spec = _a_3x3_spec(torch.float32)
-    assert not gpu_inspect.uses_tensor_cores(spec, allow_tf32=False)
-    assert gpu_inspect.check(result, 90, needs_tensor_core=False) == []
+    row = gpu_inspect.Row(spec, gpu_inspect.candidate_configs(spec)[0], 90, result)
+    assert gpu_inspect.row_problems(row, allow_tf32=False) == []
+    assert gpu_inspect.row_problems(row, allow_tf32=True)[0].startswith("no tensor-core")
 
 
 def test_scalars_match_the_launcher():

@@ -12,7 +12,7 @@ import triton
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fusedres.kernels import conv_bn_act, pack_weight
+from fusedres.kernels import conv_bn_act, conv_output_size, pack_weight
 
 from .conftest import DEVICE
 from .numerics import assert_close_to_reference, rel_tol
@@ -53,8 +53,8 @@ def _reference(x, w, b, stride, padding, dilation, groups, residual=None, shortc
 def _launch(x, w, b, *, kernel, stride, padding, dilation, groups, relu, residual=None,
             shortcut=None):
     n, _, h, wd = x.shape
-    oh = (h + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
-    ow = (wd + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+    oh = conv_output_size(h, kernel, stride, padding, dilation)
+    ow = conv_output_size(wd, kernel, stride, padding, dilation)
     out = torch.full((n, w.shape[0], oh, ow), float("nan"), dtype=x.dtype, device=x.device)
     out = out.contiguous(memory_format=torch.channels_last)
     packed_shortcut = None
@@ -353,3 +353,30 @@ def test_tf32_follows_cudnn_through_either_api(setting, expected):
         assert kernel_module.cudnn_allows_tf32() is expected
     finally:
         conv.fp32_precision = previous
+
+
+@pytest.mark.parametrize("where", ["input", "shortcut input", "residual", "padding border"])
+def test_nan_and_inf_land_where_the_reference_puts_them(where, k_loop):
+    # Masked loads fill with 0 only outside the tensors (padding, partial tiles): a real NaN or
+    # Inf in any operand must reach the output, and padding must not create one.
+    x, weight, bias = _operands(1, 64, 7, 6, 128, 3, 1, torch.float32)
+    xs = torch.randn(1, 32, 13, 11, device=DEVICE)
+    w_short = torch.randn(128, 32, 1, 1, device=DEVICE) / 32 ** 0.5
+    residual = torch.randn(1, 128, 7, 6, device=DEVICE)
+    if where == "input":
+        x[0, 5, 3, 2], x[0, 9, 0, 5] = float("nan"), float("inf")
+    elif where == "shortcut input":
+        xs[0, 7, 4, 6], xs[0, 1, 12, 10] = float("nan"), -float("inf")
+    elif where == "residual":
+        residual[0, 100, 6, 0] = float("nan")
+    else:  # a corner pixel: its padded neighbours are outside the image
+        x[0, 3, 0, 0] = float("inf")
+    ref = _reference(x, weight, bias, 1, 1, 1, 1, residual, (xs, w_short, 2))
+    out = _launch(x, weight, bias, kernel=3, stride=1, padding=1, dilation=1, groups=1,
+                  relu=True, residual=residual, shortcut=(xs, w_short, 2))
+    out, ref = out.cpu().double(), ref.cpu()
+    assert (ref.isnan() | ref.isinf()).any()
+    assert torch.equal(out.isnan(), ref.isnan()), where
+    assert torch.equal(out.isinf(), ref.isinf()), where
+    finite = ref.isfinite()
+    assert torch.allclose(out[finite], ref[finite], rtol=1e-4, atol=1e-4)
