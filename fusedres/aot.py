@@ -72,7 +72,11 @@ class Job(NamedTuple):
 
 @dataclasses.dataclass
 class CompileResult:
-    """What one compile produced.  ``error`` is set (and the counts are None) when it failed."""
+    """What one compile produced.  ``error`` is set (and the counts are None) when it failed.
+
+    The K-loop fields come from the SASS (``read_k_loop``): instructions per K step, the
+    matrix instructions in it, whether every wgmma group is waited for before the next
+    (serialised), and whether tiles arrive by TMA."""
     registers: Optional[int] = None
     stack_bytes: Optional[int] = None
     shared_bytes: Optional[int] = None
@@ -80,6 +84,10 @@ class CompileResult:
     seconds: float = 0.0
     error: Optional[str] = None
     cached: bool = False
+    loop_instructions: Optional[float] = None
+    mma_per_step: Optional[float] = None
+    serialised_mma: Optional[bool] = None
+    tma: Optional[bool] = None
 
 
 def candidate_configs(spec: LaunchSpec, autotuning: Optional[bool] = None):
@@ -241,13 +249,59 @@ def compile_and_measure(job: Job) -> CompileResult:
     start = time.perf_counter()
     try:
         compiled = compile_here(job)
-        registers, stack = _resource_usage(compiled.asm["cubin"])
+        cubin = compiled.asm["cubin"]
+        registers, stack = _resource_usage(cubin)
+        loop = read_k_loop(_cuobjdump_text("--dump-sass", cubin))
     except Exception as error:  # a compile failure is a finding to report, not a crash
         return CompileResult(seconds=time.perf_counter() - start, error=_error_summary(error))
     return CompileResult(registers=registers, stack_bytes=stack,
                          shared_bytes=compiled.metadata.shared,
                          tensor_core=_tensor_core_op(compiled.asm["ptx"]),
-                         seconds=time.perf_counter() - start)
+                         seconds=time.perf_counter() - start, **loop._asdict())
+
+
+class KLoop(NamedTuple):
+    loop_instructions: Optional[float]
+    mma_per_step: Optional[float]
+    serialised_mma: Optional[bool]
+    tma: bool
+
+
+_SASS_LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;")
+_MMA = ("HGMMA", "HMMA")
+
+
+def read_k_loop(sass: str) -> KLoop:
+    """The main K loop of one kernel's SASS: the first loop closed (a branch back to a lower
+    address) that holds a matrix instruction (the main loop comes before the fused
+    shortcut's; an inner loop closes before its outer one), its instructions and matrix
+    instructions per iteration.  A loop that ptxas unrolled completely (constant trip counts) has no branch
+    back; then the span from the first to the last matrix instruction is divided by the
+    number of wgmma groups (``gsb0`` closes one) or, on the Ampere path, of HMMA runs.
+    ``serialised_mma``: a ``WARPGROUP.DEPBAR.LE gsb0, 0x0`` (wait until no wgmma group is in
+    flight) in the loop, so consecutive groups cannot overlap."""
+    code = [(int(addr, 16), text) for addr, text in _SASS_LINE.findall(sass)]
+    at = {addr: i for i, (addr, _) in enumerate(code)}
+    best = None
+    for i, (addr, text) in enumerate(code):
+        target = re.search(r"\bBRA\b.*?0x([0-9a-f]+)", text)
+        if target and int(target.group(1), 16) < addr and int(target.group(1), 16) in at:
+            body = [t for _, t in code[at[int(target.group(1), 16)]:i + 1]]
+            mma = sum(1 for t in body if t.startswith(_MMA))
+            if mma:
+                best = (body, mma, 1)
+                break
+    if best is None:
+        positions = [i for i, (_, t) in enumerate(code) if t.startswith(_MMA)]
+        if not positions:
+            return KLoop(None, None, None, "UTMALDG" in sass)
+        body = [t for _, t in code[positions[0]:positions[-1] + 1]]
+        steps = (sum(1 for t in body if t.startswith("HGMMA") and "gsb0" in t)
+                 or sum(1 for a, b in zip(positions, positions[1:]) if b - a > 8) + 1)
+        best = (body, len(positions), steps)
+    body, mma, steps = best
+    serialised = any(re.search(r"WARPGROUP\.DEPBAR\.LE\s+gsb0,\s*0x0\b", t) for t in body)
+    return KLoop(len(body) / steps, mma / steps, serialised, "UTMALDG" in sass)
 
 
 def _error_summary(error):
@@ -262,14 +316,18 @@ def _tensor_core_op(ptx):
     return next((op for op in TENSOR_CORE_OPS if re.search(rf"\b{re.escape(op)}\b", ptx)), None)
 
 
-def _resource_usage(cubin):
-    """(registers, stack bytes) of the cubin's kernel, from ``cuobjdump --dump-resource-usage``.
-    Stack bytes are local memory the kernel needs per thread: register spills."""
+def _cuobjdump_text(option, cubin):
     with tempfile.NamedTemporaryFile(suffix=".cubin") as file:
         file.write(cubin)
         file.flush()
-        out = subprocess.run([_cuobjdump(), "--dump-resource-usage", file.name],
-                             check=True, capture_output=True, text=True).stdout
+        return subprocess.run([_cuobjdump(), option, file.name],
+                              check=True, capture_output=True, text=True).stdout
+
+
+def _resource_usage(cubin):
+    """(registers, stack bytes) of the cubin's kernel, from ``cuobjdump --dump-resource-usage``.
+    Stack bytes are local memory the kernel needs per thread: register spills."""
+    out = _cuobjdump_text("--dump-resource-usage", cubin)
     usage = re.search(r"REG:(\d+)\s+STACK:(\d+)", out)
     if usage is None:
         raise RuntimeError(f"no resource usage in cuobjdump output:\n{out}")

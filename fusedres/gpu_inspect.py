@@ -91,16 +91,22 @@ def compile_jobs(jobs, workers=None, progress=None):
 def _cache_path(job):
     """Where the result of ``job`` is kept, next to Triton's own cache (so TRITON_CACHE_DIR
     moves, and clearing it clears, both).  The key covers everything that decides the cubin
-    and its reading: Triton's version, the kernel module's source, the job itself."""
+    and its reading: Triton's version, the kernel's and the reader's source, the result's
+    fields, the job itself."""
     root = os.environ.get("TRITON_CACHE_DIR") or os.path.join(os.path.expanduser("~"),
                                                               ".triton", "cache")
-    key = hashlib.sha256(repr((triton.__version__, _kernel_source_hash(), job)).encode())
+    fields = [field.name for field in dataclasses.fields(CompileResult)]
+    key = hashlib.sha256(repr((triton.__version__, _kernel_source_hash(), fields, job)).encode())
     return os.path.join(root, "fusedres-inspect", key.hexdigest() + ".json")
 
 
 def _kernel_source_hash():
-    with open(conv_kernel.__file__, "rb") as file:
-        return hashlib.sha256(file.read()).hexdigest()
+    """The kernel's source and the code that reads its compile (fusedres/aot.py)."""
+    digest = hashlib.sha256()
+    for path in (conv_kernel.__file__, aot.__file__):
+        with open(path, "rb") as file:
+            digest.update(file.read())
+    return digest.hexdigest()
 
 
 def _cache_load(job):
@@ -153,16 +159,71 @@ def row_problems(row, allow_tf32):
     return check(row.result, row.arch, uses_tensor_cores(row.spec, allow_tf32))
 
 
+def issue_per_kfma(row):
+    """Warp-instructions the K loop issues per 1,000 multiply-adds of its tile: num_warps x
+    instructions per K step / (BLOCK_M x BLOCK_N x BLOCK_K / 1000).  An H100/H200 SM issues
+    4 warp-instructions per clock while its tensor cores do ~2,048 fp16 FMA per clock, so
+    above ~2 the tensor cores wait on instruction issue (docs/inspect.md)."""
+    loop = row.result.loop_instructions
+    if loop is None:
+        return None
+    c = row.config
+    return c.num_warps * loop / (c.block_m * c.block_n * c.block_k / 1000)
+
+
+def programs(row):
+    """The launch's grid size at the traced batch."""
+    ints, consts = conv_kernel.launch_scalars(**row.spec._asdict(), allow_tf32=False,
+                                              interpreted=False)
+    cout_g = consts["C_out"] // consts["GROUPS"]
+    return (triton.cdiv(ints["M"], row.config.block_m) * triton.cdiv(cout_g, row.config.block_n)
+            * consts["GROUPS"])
+
+
+def row_record(row, allow_tf32):
+    """One row as the fields of ``--json``."""
+    r, ratio = row.result, issue_per_kfma(row)
+    return {
+        "geometry": row.spec.describe(), "config": row.config.describe(),
+        "variant": "lean" if row.config.lean_k else "classic",
+        "registers": r.registers, "spill_bytes": r.stack_bytes, "shared_bytes": r.shared_bytes,
+        "mma": r.tensor_core or "none", "loop_instructions": r.loop_instructions,
+        "mma_per_step": r.mma_per_step,
+        "issue_per_kfma": None if ratio is None else round(ratio, 3),
+        "tma": r.tma, "serialised_mma": r.serialised_mma, "programs": programs(row),
+        "arch": f"sm_{row.arch}", "problems": row_problems(row, allow_tf32),
+    }
+
+
+def best_per_geometry(rows, allow_tf32):
+    """{geometry: the clean row with the lowest issue ratio}."""
+    best = {}
+    for row in rows:
+        ratio = issue_per_kfma(row)
+        if ratio is None or row_problems(row, allow_tf32):
+            continue
+        current = best.get(row.spec)
+        if current is None or ratio < issue_per_kfma(current):
+            best[row.spec] = row
+    return best
+
+
 def format_table(rows, allow_tf32):
-    header = ("geometry", "config", "regs", "stack", "shared", "tensor core", "compile", "status")
+    header = ("geometry", "config", "regs", "stack", "shared", "mma", "loop", "issue/kFMA",
+              "serial", "programs", "compile", "status")
     lines = [header]
     for row in rows:
         r = row.result
         problems = row_problems(row, allow_tf32)
+        ratio = issue_per_kfma(row)
         lines.append((
             row.spec.describe(), row.config.describe(),
             _or_dash(r.registers), _or_dash(r.stack_bytes), _or_dash(r.shared_bytes),
             r.tensor_core or "none",
+            "-" if r.loop_instructions is None else f"{r.loop_instructions:.0f}",
+            "-" if ratio is None else f"{ratio:.2f}",
+            {True: "yes", False: "no"}.get(r.serialised_mma, "-"),
+            str(programs(row)),
             "cached" if r.cached else f"{r.seconds:.1f}s",
             "ok" if not problems else "FAIL: " + "; ".join(problems),
         ))
@@ -203,6 +264,9 @@ def add_model_arguments(parser, several=False):
 def add_arguments(parser):
     add_model_arguments(parser)
     parser.add_argument("--arch", required=True, choices=list(ARCHES))
+    parser.add_argument("--json", metavar="PATH", default=None,
+                        help="also write every row's fields (registers, spills, K-loop "
+                             "instructions, issue ratio, ...) as JSON")
 
 
 def check_triton_version(version=None):
@@ -231,6 +295,13 @@ def run(args) -> int:
     rows = inspect_model(args.model, DTYPES[args.dtype], arch, args.batch, args.size,
                          allow_tf32, args.jobs, stderr_progress(f"inspect {args.model}"))
     print(format_table(rows, allow_tf32))
+    print("\nbest candidate per geometry (lowest issue/kFMA among clean rows):")
+    for spec, row in best_per_geometry(rows, allow_tf32).items():
+        print(f"  {spec.describe():58} {row.config.describe():30} "
+              f"{issue_per_kfma(row):.2f}  {row.result.tensor_core}")
+    if args.json:
+        with open(args.json, "w") as file:
+            json.dump([row_record(row, allow_tf32) for row in rows], file, indent=1)
     failed = [row for row in rows if row_problems(row, allow_tf32)]
     geometries = len({row.spec for row in rows})
     print(f"\n{args.model} {args.dtype} {args.arch}: {len(rows)} specialisations x configs "

@@ -5,11 +5,12 @@ hundred kernels on all cores (a few minutes on 2 cores); results are cached next
 own cache (TRITON_CACHE_DIR), so later runs take seconds.
 """
 import argparse
+import json
 
 import pytest
 import torch
 
-from fusedres import cli, gpu_inspect
+from fusedres import aot, cli, gpu_inspect
 from fusedres.kernels import cudnn_allows_tf32, fused_conv
 
 MODELS = ("resnet18", "resnet50")
@@ -140,3 +141,51 @@ def test_a_config_that_cannot_compile_is_reported():
         64, 64, 8, num_warps=4, num_stages=2), 90, allow_tf32=True)
     assert result.error is not None
     assert gpu_inspect.check(result, 90)[0].startswith("compile failed")
+
+
+# SASS as cuobjdump prints it: /*address*/ instruction ; /* encoding */
+def _sass(*instructions, start=0x100):
+    return "\n".join(f"        /*{start + 16 * i:04x}*/                   {text} ;  /* 0x0 */"
+                     for i, text in enumerate(instructions))
+
+
+def test_k_loop_is_read_from_a_backward_branch():
+    sass = _sass("MOV R1, R2", "LDGSTS.E [R3], desc[UR4][R5.64]", "HGMMA.64x128x16.F32 R24, gdesc[UR8], RZ",
+                 "HGMMA.64x128x16.F32 R24, gdesc[UR12], R24, gsb0",
+                 "WARPGROUP.DEPBAR.LE gsb0, 0x1", "IADD3 R1, R1, 0x1, RZ", "BRA 0x110", "EXIT")
+    loop = aot.read_k_loop(sass)
+    # From 0x110 (the LDGSTS) to the branch: 6 instructions, 2 wgmma, not serialised.
+    assert loop == aot.KLoop(6, 2, False, False)
+
+
+def test_an_unrolled_loop_is_counted_per_wgmma_group_and_a_full_wait_is_serialised():
+    step = ["LDGSTS.E [R3], desc[UR4][R5.64]", "HGMMA.64x128x16.F32 R24, gdesc[UR8], R24, gsb0",
+            "WARPGROUP.DEPBAR.LE gsb0, 0x0"]
+    loop = aot.read_k_loop(_sass("MOV R1, R2", *step, *step, *step, "UTMALDG.2D [UR8], [UR4]",
+                                 "EXIT"))
+    # First to last HGMMA spans 7 instructions over 3 groups.
+    assert loop.loop_instructions == pytest.approx(7 / 3)
+    assert loop.mma_per_step == 1 and loop.serialised_mma and loop.tma
+
+
+def test_json_rows_carry_the_cost_model(compiled_cases, tmp_path, capsys):
+    path = tmp_path / "rows.json"
+    assert gpu_inspect.run(_parse("--model", "resnet18", "--dtype", "float16", "--arch", "sm_90",
+                                  "--json", str(path))) == 0
+    rows = json.loads(path.read_text())
+    fields = {"geometry", "config", "variant", "registers", "spill_bytes", "shared_bytes", "mma",
+              "loop_instructions", "issue_per_kfma", "tma", "serialised_mma", "programs"}
+    assert all(fields <= set(row) for row in rows)
+    wgmma = [row for row in rows if row["mma"] == "wgmma"]
+    assert wgmma and all(row["issue_per_kfma"] > 0 for row in wgmma)
+    # Outside the stem's gathered K walk, every wgmma candidate issues under 5 per kFMA.
+    assert all(row["issue_per_kfma"] < 5 for row in wgmma if "7x7" not in row["geometry"])
+    # Per padded geometry, the lean K loop's best candidate issues fewer instructions per
+    # step than the first design's best.
+    best = {}
+    for row in wgmma:
+        key = (row["geometry"], row["variant"])
+        best[key] = min(best.get(key, float("inf")), row["issue_per_kfma"])
+    padded = [g for g, variant in best if variant == "classic"]
+    assert padded and all(best[g, "lean"] < best[g, "classic"] for g in padded)
+    assert "best candidate per geometry" in capsys.readouterr().out
