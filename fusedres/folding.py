@@ -5,7 +5,6 @@ from typing import NamedTuple, Optional
 import torch
 from torch import nn
 
-from . import onednn
 from .kernels import pack_weight
 
 
@@ -29,18 +28,13 @@ def fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d):
         return w * scale.view(-1, 1, 1, 1), beta + (conv_bias - mean) * scale
 
 
-# Where folded weights go: the Triton kernel, F.conv2d, or oneDNN (fusedres/onednn.py).
-LAYOUTS = ("triton", "torch", "onednn")
-
-
 class Folded(NamedTuple):
     """Weights of one fused launch in one dtype and layout.
 
     ``weight``/``shortcut_weight`` are packed ``[KH*KW*C_in/groups, C_out]`` for the Triton
-    kernel, channels_last ``[C_out, C_in/groups, KH, KW]`` for the torch path, or prepacked in
-    oneDNN's blocked layout.  ``bias`` is float32 for the kernel (its epilogue works in
-    float32) and in the activation dtype otherwise.  ``bias`` includes the shortcut's folded
-    bias.
+    kernel, or plain ``[C_out, C_in/groups, KH, KW]`` for the torch path.  ``bias`` is float32
+    for the kernel (its epilogue works in float32) and in the activation dtype for torch.
+    ``bias`` includes the shortcut's folded bias.
     """
     weight: torch.Tensor
     bias: torch.Tensor
@@ -101,12 +95,8 @@ class FoldCache:
     def __init__(self):
         self.clear()
 
-    def get(self, pairs, dtype: torch.dtype, device: torch.device, layout: str,
-            input_shapes=None) -> Folded:
-        """``pairs``: ``[(conv, bn)]``, or ``[(conv, bn), (shortcut_conv, shortcut_bn)]``;
-        ``layout`` one of LAYOUTS; ``input_shapes``: each pair's input shape, for oneDNN's
-        prepacking (a layout hint: the weights prepacked for the first shapes seen serve
-        every later shape, so the cache holds one variant per dtype, device and layout)."""
+    def get(self, pairs, dtype: torch.dtype, device: torch.device, packed: bool) -> Folded:
+        """``pairs``: ``[(conv, bn)]``, or ``[(conv, bn), (shortcut_conv, shortcut_bn)]``."""
         sources = [t for conv, bn in pairs
                    for t in (conv.weight, conv.bias, bn.weight, bn.bias,
                              bn.running_mean, bn.running_var) if t is not None]
@@ -118,9 +108,9 @@ class FoldCache:
             self._variants.clear()
             self._watch = TensorWatch(sources)
             self._eps = eps
-        key = (dtype, device, layout)
+        key = (dtype, device, packed)
         if key not in self._variants:
-            self._variants[key] = build_folded(pairs, dtype, device, layout, input_shapes)
+            self._variants[key] = build_folded(pairs, dtype, device, packed)
         return self._variants[key]
 
     def clear(self) -> None:
@@ -144,24 +134,22 @@ def forget_folds(model: nn.Module) -> None:
                     cache.clear()
 
 
-def build_folded(pairs, dtype, device, layout, input_shapes=None) -> Folded:
-    if layout not in LAYOUTS:
-        raise ValueError(f"unknown weight layout {layout!r}; expected one of {LAYOUTS}")
-    folded = [fold_bn(conv, bn) for conv, bn in pairs]
-    bias = sum(b for _, b in folded)  # the shortcut's bias joins the main one
+def build_folded(pairs, dtype, device, packed) -> Folded:
+    weight, bias = fold_bn(*pairs[0])
+    shortcut_weight = None
+    if len(pairs) > 1:
+        shortcut_weight, shortcut_bias = fold_bn(*pairs[1])
+        bias = bias + shortcut_bias
     with torch.no_grad():
-        weights = []
-        for i, ((conv, _), (weight, _)) in enumerate(zip(pairs, folded)):
-            if layout == "triton":
-                weights.append(pack_weight(weight, dtype).to(device))
-                continue
+        if packed:
+            cast = (lambda w: pack_weight(w, dtype).to(device))
+            bias = bias.to(device)
+        else:
             # channels_last like the activations, or every F.conv2d reorders its weight.
-            weight = weight.to(device=device, dtype=dtype).contiguous(
-                memory_format=torch.channels_last)
-            weights.append(onednn.prepack(weight, conv, input_shapes[i])
-                           if layout == "onednn" else weight)
-        bias = bias.to(device=device, dtype=torch.float32 if layout == "triton" else dtype)
-        return Folded(weights[0], bias, weights[1] if len(weights) > 1 else None)
+            cast = (lambda w: w.to(device=device, dtype=dtype)
+                    .contiguous(memory_format=torch.channels_last))
+            bias = bias.to(device=device, dtype=dtype)
+        return Folded(cast(weight), bias, None if shortcut_weight is None else cast(shortcut_weight))
 
 
 def check_foldable(conv, bn, where: str = "") -> None:

@@ -4,15 +4,13 @@ Backends, chosen per call from the input tensor:
   * CUDA tensors: the Triton kernel.
   * CPU tensors with ``TRITON_INTERPRET=1`` set before import: the same Triton kernel through
     the interpreter (slow; it is how the kernels are verified without a GPU).
-  * other CPU tensors: oneDNN with the folded weights prepacked once and the bias and
-    residual (or shortcut) added by the convolution (``fusedres/onednn.py``), where this torch
-    and CPU have it for the dtype; otherwise the same folded computation through torch ops
-    (folded conv, in-place add).  The ReLU runs in place on both, which keeps NaN.
+  * other CPU tensors: the same folded computation through torch ops (folded conv, in-place
+    add and ReLU, channels_last), which skips eager's separate BatchNorm pass.
 """
 import torch
 import torch.nn.functional as F
 
-from . import kernels, onednn, trace
+from . import kernels, trace
 from .folding import build_folded
 from .library import conv_bn_act as conv_bn_act_op
 
@@ -99,19 +97,12 @@ def conv_bn_act(x, conv, bn, cache, *, relu, residual=None, shortcut=None):
             None if shortcut is None else (*xs.shape[1:], conv_s.stride[0]), dtype))
 
     triton = uses_triton(x)
-    if triton:
-        layout = "triton"
-    elif not tracing() and x.device.type == "cpu" and onednn.supports(dtype):
-        layout = "onednn"
-    else:
-        layout = "torch"
     if tracing():
         # The compiler cannot follow the cache's identity checks; fold inside the graph
         # instead (a few weight-sized ops per step, and never stale under CUDA graphs).
-        f = build_folded(pairs, dtype, x.device, layout)
+        f = build_folded(pairs, dtype, x.device, packed=triton)
     else:
-        shapes = [x.shape] + ([xs.shape] if shortcut is not None else [])
-        f = cache.get(pairs, dtype, x.device, layout, shapes)
+        f = cache.get(pairs, dtype, x.device, packed=triton)
 
     if triton:
         if tracing():
@@ -127,27 +118,14 @@ def conv_bn_act(x, conv, bn, cache, *, relu, residual=None, shortcut=None):
             residual=residual,
             shortcut=None if shortcut is None else (xs, f.shortcut_weight, conv_s.stride[0]))
 
-    if residual is not None:
-        out_shape = (x.shape[0], conv.out_channels,
-                     *(kernels.conv_output_size(size, k, conv.stride[0], conv.padding[0],
-                                                conv.dilation[0])
-                       for size, k in zip(x.shape[2:], conv.kernel_size)))
-        if tuple(residual.shape) != out_shape:
-            raise ValueError(f"residual has shape {tuple(residual.shape)} but the convolution "
-                             f"produces {out_shape}")
-    # The ReLU runs in place after the add on both CPU paths: oneDNN's ReLU post-op would
-    # turn NaN into 0 (fusedres/onednn.py).
-    if layout == "onednn":
-        other = residual
-        if shortcut is not None:
-            other = onednn.conv_add(xs, f.shortcut_weight, None, conv_s, other)
-        y = onednn.conv_add(x, f.weight, f.bias, conv, other)
-        return y.relu_() if relu else y
     y = F.conv2d(x.contiguous(memory_format=torch.channels_last), f.weight, f.bias,
                  conv.stride, conv.padding, conv.dilation, conv.groups)
     if shortcut is not None:
         y.add_(F.conv2d(xs.contiguous(memory_format=torch.channels_last),
                         f.shortcut_weight, None, conv_s.stride))
     if residual is not None:
+        if residual.shape != y.shape:
+            raise ValueError(f"residual has shape {tuple(residual.shape)} but the convolution "
+                             f"produces {tuple(y.shape)}")
         y.add_(residual)
     return y.relu_() if relu else y

@@ -76,7 +76,7 @@ def _op_samples(dtype=torch.float32):
                 c_s, hs, ws, stride_s = spec.shortcut
                 pairs.append(conv_bn_pair(c_s, spec.c_out, 1, stride_s))
                 xs = torch.randn(spec.batch, c_s, hs, ws, dtype=dtype)
-            folded = build_folded(pairs, dtype, torch.device("cpu"), "triton")
+            folded = build_folded(pairs, dtype, torch.device("cpu"), packed=True)
             oh = (spec.height + 2 * spec.padding - spec.dilation * (spec.kernel_size[0] - 1) - 1) // spec.stride + 1
             ow = (spec.width + 2 * spec.padding - spec.dilation * (spec.kernel_size[1] - 1) - 1) // spec.stride + 1
             residual = torch.randn(spec.batch, spec.c_out, oh, ow, dtype=dtype) if spec.residual else None
