@@ -30,7 +30,7 @@ class _CheckoutKernels(importlib.abc.MetaPathFinder):
 
 
 def install_checkout_kernels() -> None:
-    if os.path.isdir(os.path.join(_PACKAGE, "kernels")):
+    if os.path.isfile(os.path.join(_PACKAGE, "kernels", "__init__.py")):
         return  # installed layout
     if not os.path.isfile(os.path.join(_CHECKOUT_KERNELS, _MARKER)):
         return

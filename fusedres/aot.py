@@ -13,8 +13,10 @@ that names the target: no GPU is needed, none is touched (16 CUDA contexts would
 and seconds), and the same code serves ``fusedres warmup`` on a GPU machine and
 ``fusedres inspect`` on a CPU-only one.
 """
+import collections
 import contextlib
 import dataclasses
+import json
 import os
 import pickle
 import re
@@ -128,27 +130,34 @@ class _TargetDriver:
 
 @contextlib.contextmanager
 def target_driver(arch):
-    """Inside the block, Triton's JIT compiles for ``arch`` whatever device (if any) exists.
-    For worker processes and tests: a process that launches kernels afterwards would find the
-    JIT's per-device state built for this target."""
+    """Inside the block, the kernel's JIT compiles for ``arch`` whatever device (if any)
+    exists.  The JIT builds its per-device state (binder, backend, in-memory kernels) once per
+    device from the driver's target and keys nothing on the target afterwards, so the block
+    gets fresh state, and the state from before comes back after it."""
     driver = triton.runtime.driver
-    previous = driver._active
+    kernel = conv_kernel._conv_bn_act_kernel
+    previous, previous_caches = driver._active, kernel.device_caches
     driver.set_active(_TargetDriver(arch))
+    kernel.device_caches = collections.defaultdict(kernel.create_binder)
     try:
         yield
     finally:
         driver._active = previous
+        kernel.device_caches = previous_caches
 
 
 @contextlib.contextmanager
 def jit_cache_keys():
-    """Collect the cache key of every kernel the JIT would compile inside the block, and skip
-    the compile (Triton's ``jit_cache_hook``: the key it computed, just before compiling)."""
+    """Collect, for every kernel the JIT would compile inside the block, its cache key
+    prefixed by the target it would compile for (``sm90|...``: the key alone does not name
+    the target), and skip the compile (Triton's ``jit_cache_hook``, called with the key the
+    JIT computed, just before compiling)."""
     knobs = triton.knobs.runtime
     keys, previous = [], knobs.jit_cache_hook
 
-    def record(*, key, **_):
-        keys.append(key)
+    def record(*, key, compile, **_):
+        arch = json.loads(compile["specialization_data"])["options"]["arch"]
+        keys.append(f"{arch}|{key}")
         return True  # skip the compile
 
     knobs.jit_cache_hook = record
@@ -200,9 +209,9 @@ def compile_in_workers(jobs, workers=None, progress=None):
                     output = os.path.join(folder, f"{number}.pickle")
                     proc = subprocess.Popen([sys.executable, "-c", _WORKER, output],
                                             stdin=subprocess.PIPE, env=env)
+                    running[proc] = (chunk, output)  # before the write: Ctrl-C kills it too
                     proc.stdin.write(pickle.dumps([jobs[i] for i in chunk]))
                     proc.stdin.close()
-                    running[proc] = (chunk, output)
                 finished = _wait_any(running)
                 chunk, output = running.pop(finished)
                 if finished.returncode != 0:
@@ -276,8 +285,8 @@ def read_k_loop(sass: str) -> KLoop:
     address) that holds a matrix instruction (the main loop comes before the fused
     shortcut's; an inner loop closes before its outer one), its instructions and matrix
     instructions per iteration.  A loop that ptxas unrolled completely (constant trip counts) has no branch
-    back; then the span from the first to the last matrix instruction is divided by the
-    number of wgmma groups (``gsb0`` closes one) or, on the Ampere path, of HMMA runs.
+    back; then the span from the first to the last matrix instruction covers one step fewer
+    than there are wgmma groups (``gsb0`` closes one) or, on the Ampere path, HMMA runs.
     ``serialised_mma``: a ``WARPGROUP.DEPBAR.LE gsb0, 0x0`` (wait until no wgmma group is in
     flight) in the loop, so consecutive groups cannot overlap."""
     code = [(int(addr, 16), text) for addr, text in _SASS_LINE.findall(sass)]
@@ -298,7 +307,9 @@ def read_k_loop(sass: str) -> KLoop:
         body = [t for _, t in code[positions[0]:positions[-1] + 1]]
         steps = (sum(1 for t in body if t.startswith("HGMMA") and "gsb0" in t)
                  or sum(1 for a, b in zip(positions, positions[1:]) if b - a > 8) + 1)
-        best = (body, len(positions), steps)
+        serialised = any(re.search(r"WARPGROUP\.DEPBAR\.LE\s+gsb0,\s*0x0\b", t) for t in body)
+        per_step = (len(body) - 1) / (steps - 1) if steps > 1 else len(body)
+        return KLoop(per_step, len(positions) / steps, serialised, "UTMALDG" in sass)
     body, mma, steps = best
     serialised = any(re.search(r"WARPGROUP\.DEPBAR\.LE\s+gsb0,\s*0x0\b", t) for t in body)
     return KLoop(len(body) / steps, mma / steps, serialised, "UTMALDG" in sass)

@@ -18,6 +18,12 @@ import threading
 
 import torch
 import triton
+from triton.compiler.errors import CompileTimeAssertionFailure
+from triton.runtime.errors import OutOfResources, PTXASError
+
+# A candidate that cannot run on this GPU (too much shared memory, too many registers, a
+# compile-time assertion) is timed as infinitely slow, as Triton's own autotuner does.
+_UNRUNNABLE = (OutOfResources, PTXASError, CompileTimeAssertionFailure)
 
 
 def enabled() -> bool:
@@ -64,30 +70,34 @@ class Tuner:
         self.name = name
         with open(source_file, "rb") as file:
             self._source_hash = hashlib.sha256(file.read()).hexdigest()
-        self._chosen = {}  # key -> config; read without the lock (dict reads are atomic)
+        self._chosen = {}  # (device, key) -> config; read without the lock (atomic dict reads)
         self._lock = threading.Lock()
 
     def pick(self, key, configs, run, device) -> triton.Config:
         """The fastest of ``configs`` for ``key``: from memory, else from disk, else measured
         by calling ``run(config)`` for each (through ``benchmark``) and stored."""
-        config = self._chosen.get(key)
+        memory_key = (_device_name(device), key)
+        config = self._chosen.get(memory_key)
         if config is not None:
             return config
         with self._lock:
-            config = self._chosen.get(key)
+            config = self._chosen.get(memory_key)
             if config is None:
                 path = self._path(key, configs, device)
                 config = self._load(path, configs)
                 if config is None:
-                    timings = [benchmark(lambda c=c: run(c)) for c in configs]
-                    config = configs[min(range(len(configs)), key=timings.__getitem__)]
+                    timings = [_time_or_inf(run, c) for c in configs]
+                    best = min(range(len(configs)), key=timings.__getitem__)
+                    if timings[best] == float("inf"):
+                        run(configs[best])  # none can run here: raise the real error
+                    config = configs[best]
                     self._store(path, key, config, configs, timings)
-                self._chosen[key] = config
+                self._chosen[memory_key] = config
         return config
 
     def chosen(self) -> dict:
-        """``{key: config}`` of every key picked in this process."""
-        return dict(self._chosen)
+        """``{key: config}`` of every key picked in this process (any device)."""
+        return {key: config for (_, key), config in self._chosen.items()}
 
     def forget(self) -> None:
         """Drop the in-memory choices (the stored ones stay)."""
@@ -118,6 +128,13 @@ class Tuner:
         with open(temp, "w") as file:
             json.dump(record, file)
         os.replace(temp, path)  # atomic: a concurrent reader sees the old file or the new one
+
+
+def _time_or_inf(run, config) -> float:
+    try:
+        return benchmark(lambda: run(config))
+    except _UNRUNNABLE:
+        return float("inf")
 
 
 def _device_name(device) -> str:

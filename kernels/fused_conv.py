@@ -289,7 +289,9 @@ def default_config(m, consts, element_size):
     size = 4 if element_size == 4 else 2
     configs = (_CLASSIC if _uses_classic(consts) else _LEAN)[size]
     cout_g = consts["C_out"] // consts["GROUPS"]
-    by_tile = {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]): c for c in configs}
+    by_tile = {}
+    for c in configs:  # the first listed config of each tile shape
+        by_tile.setdefault((c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]), c)
     if cout_g >= 128 and triton.cdiv(m, 128) * triton.cdiv(cout_g, 128) >= _FULL_GRID:
         return by_tile[128, 128]
     if cout_g <= 64 and triton.cdiv(m, 128) >= _FULL_GRID:

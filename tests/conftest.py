@@ -72,14 +72,29 @@ def device():
 
 @pytest.fixture(params=["triton", "torch"])
 def backend(request, monkeypatch):
-    """Forces the backend: 'torch' is the CPU path without the interpreter."""
+    """Forces the backend: 'torch' is the CPU path without the interpreter.  Afterwards it
+    checks that the Triton kernel really ran on the 'triton' backend (a silent fall-back to
+    the torch path fails the test) and never on 'torch'; a test that must stop before any
+    launch (bad input) is marked ``no_launch``."""
     if request.param == "torch":
         if DEVICE.type != "cpu":
             pytest.skip("the torch path serves CPU tensors only")
         monkeypatch.setattr(fusedres.kernels, "INTERPRETED", False)
     elif DEVICE.type == "cpu" and not fusedres.kernels.INTERPRETED:
         pytest.skip("Triton on CPU needs TRITON_INTERPRET=1")
-    return request.param
+    launches = []
+    original = fusedres.kernels.conv_bn_act
+
+    def counting(*args, **kwargs):
+        launches.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(fusedres.kernels, "conv_bn_act", counting)
+    yield request.param
+    if request.param == "torch" or request.node.get_closest_marker("no_launch"):
+        assert not launches, f"{len(launches)} Triton launches on the {request.param} backend"
+    else:
+        assert launches, "no Triton launch on the triton backend: the torch path ran instead"
 
 
 @pytest.fixture

@@ -52,7 +52,13 @@ _KEYS_SCRIPT = textwrap.dedent("""
         jobs = sum(len(aot.candidate_configs(spec)) for spec in specs)
         report.append(dict(model=name, dtype=str(dtype), geometries=len(specs), jobs=jobs,
                            warm=warm, launched=launched))
-    json.dump(report, sys.stdout)
+    # Targets in turn in one process (as a worker that gets jobs for both): each compile
+    # must be for its own target.
+    spec = specs[-1]
+    with aot.jit_cache_keys() as targets:
+        for arch in (80, 90, 80):
+            aot.compile_here(aot.Job(spec, aot.candidate_configs(spec)[0], arch, True))
+    json.dump(dict(models=report, targets=[key.split("|")[0] for key in targets]), sys.stdout)
 """)
 
 
@@ -66,13 +72,17 @@ def test_warmup_compiles_exactly_the_keys_the_launches_look_up(tmp_path):
     out = subprocess.run([sys.executable, "-c", _KEYS_SCRIPT], cwd=REPO, capture_output=True,
                          text=True, env=_clean_env(TRITON_CACHE_DIR=str(tmp_path)), timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    for case in json.loads(out.stdout):
+    result = json.loads(out.stdout)
+    assert result["targets"] == ["sm80", "sm90", "sm80"]
+    for case in result["models"]:
         warm, launched = set(case["warm"]), set(case["launched"])
         label = f"{case['model']} {case['dtype']}"
         assert case["geometries"] >= 15, label
         # Every geometry times every candidate was compiled ahead...
         assert len(case["warm"]) == case["jobs"] > case["geometries"] * 6, label
-        # ...and the launches looked up exactly those keys: nothing missing, nothing extra.
+        # ...for sm_90, and the launches looked up exactly those keys: nothing missing,
+        # nothing extra.
+        assert all(key.startswith("sm90|") for key in warm), label
         assert launched == warm, (label, sorted(launched - warm)[:2], sorted(warm - launched)[:2])
 
 
@@ -146,6 +156,41 @@ def test_tuner_measures_again_when_anything_it_depends_on_changes(tuner_folder, 
     assert timed == list(configs)
 
 
+def test_a_candidate_that_cannot_run_here_is_skipped(tuner_folder, monkeypatch):
+    from triton.runtime.errors import OutOfResources
+    times = [1.0, 0.5, 2.0, 3.0, 4.0, 5.0]
+
+    def benchmark(run):
+        config = run()
+        if config is CONFIGS[1]:  # the fastest on paper needs more shared memory than there is
+            raise OutOfResources(300000, 232448, "shared memory")
+        return times[CONFIGS.index(config)]
+
+    monkeypatch.setattr(autotune, "benchmark", benchmark)
+    assert _new_tuner().pick(("k",), CONFIGS, lambda c: c, "cpu") is CONFIGS[0]
+    record = json.loads(next(tuner_folder.iterdir()).read_text())
+    assert record["timings_ms"][autotune.describe(CONFIGS[1])] == float("inf")
+
+
+def test_when_no_candidate_can_run_the_real_error_is_raised(tuner_folder, monkeypatch):
+    from triton.runtime.errors import OutOfResources
+
+    def run(config):
+        raise OutOfResources(300000, 232448, "shared memory")
+
+    monkeypatch.setattr(autotune, "benchmark", lambda fn: fn())
+    with pytest.raises(OutOfResources):
+        _new_tuner().pick(("k",), CONFIGS, run, "cpu")
+
+
+def test_choices_in_memory_are_per_device(tuner_folder, monkeypatch):
+    timed = _fake_timings(monkeypatch, [1.0] * len(CONFIGS))
+    tuner = _new_tuner()
+    tuner.pick(("k",), CONFIGS, lambda c: c, "cpu")
+    tuner.pick(("k",), CONFIGS, lambda c: c, "meta")
+    assert timed == CONFIGS + CONFIGS
+
+
 def test_a_corrupt_store_is_measured_again(tuner_folder, monkeypatch):
     timed = _fake_timings(monkeypatch, [3.0, 1.0, 2.0, 4.0, 5.0, 6.0])
     _new_tuner().pick(("k",), CONFIGS, lambda c: c, "cpu")
@@ -188,9 +233,11 @@ def test_default_config_is_a_candidate_for_every_geometry(dtype):
                 assert config in fused_conv.candidates(consts, size)
                 # Padded tap-major convolutions run the first design's loop by default.
                 assert config.kwargs["LEAN_K"] is (consts["PAD"] == 0 or consts["GATHER_K"])
-    # Large grids get the wide tile, batch 1's layer4 a small one.
+    # Large grids get the wide tile (the first listed one: 128x128x64), batch 1's layer4 a
+    # small one.
     layer = {"C_out": 256, "GROUPS": 1, "PAD": 0, "GATHER_K": False}
-    assert fused_conv.default_config(256 * 56 * 56, layer, 2).kwargs["BLOCK_N"] == 128
+    wide = fused_conv.default_config(256 * 56 * 56, layer, 2)
+    assert autotune.describe(wide) == "128x128x64 w8 s3 LEAN_K=True"
     assert fused_conv.default_config(49, dict(layer, C_out=512), 2).kwargs["BLOCK_M"] == 64
 
 

@@ -93,6 +93,7 @@ def test_train_mode_is_eager():
     assert fused.bn.num_batches_tracked == 1
 
 
+@pytest.mark.no_launch
 def test_eval_with_autograd_recording_keeps_gradients(backend, count_launches):
     """Eval mode with autograd on (e.g. frozen-BN fine-tuning) must give real gradients, so it
     runs the eager graph instead of the kernel."""
@@ -187,6 +188,7 @@ class TestRejectsBadInput:
         with torch.no_grad(), pytest.raises(ValueError, match="residual has shape"):
             fused(torch.randn(1, 8, 5, 5, device=DEVICE), torch.randn(1, 16, 4, 5, device=DEVICE))
 
+    @pytest.mark.no_launch
     def test_residual_wrong_dtype(self, backend):
         fused = FusedConvBN(*conv_bn_pair(8, 16, 3, 1, 1)).to(DEVICE).eval()
         with torch.no_grad(), pytest.raises(TypeError, match="residual has dtype torch.float64"):

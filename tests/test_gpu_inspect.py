@@ -163,8 +163,8 @@ def test_an_unrolled_loop_is_counted_per_wgmma_group_and_a_full_wait_is_serialis
             "WARPGROUP.DEPBAR.LE gsb0, 0x0"]
     loop = aot.read_k_loop(_sass("MOV R1, R2", *step, *step, *step, "UTMALDG.2D [UR8], [UR4]",
                                  "EXIT"))
-    # First to last HGMMA spans 7 instructions over 3 groups.
-    assert loop.loop_instructions == pytest.approx(7 / 3)
+    # First to last HGMMA: 7 instructions, two steps of 3 apart.
+    assert loop.loop_instructions == 3
     assert loop.mma_per_step == 1 and loop.serialised_mma and loop.tma
 
 
