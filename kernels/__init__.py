@@ -2,9 +2,9 @@
 
 Knows tensors, shapes and dtypes; never imports from ``fusedres``.
 """
-from .fused_conv import (GPU_CONFIGS, INTERPRETED, SUPPORTED_DTYPES, conv_bn_act,
-                          conv_output_size, cudnn_allows_tf32)
+from .fused_conv import (INTERPRETED, SUPPORTED_DTYPES, conv_bn_act, conv_output_size,
+                         cudnn_allows_tf32)
 from .layout import pack_weight
 
-__all__ = ["GPU_CONFIGS", "INTERPRETED", "SUPPORTED_DTYPES", "conv_bn_act", "conv_output_size",
+__all__ = ["INTERPRETED", "SUPPORTED_DTYPES", "conv_bn_act", "conv_output_size",
            "cudnn_allows_tf32", "pack_weight"]

@@ -18,6 +18,14 @@ Two ways to walk K, chosen by the constexpr ``GATHER_K``:
   * flattened (``GATHER_K``): K is walked as one range and each k is decoded into
     (kh, kw, ci).  Used when C_in per group is small (the 3-channel stem, ResNeXt groups),
     where the tap-major walk would leave most of every BLOCK_K >= 16 tile empty.
+
+The tap-major walk has two bodies, chosen by the config's ``LEAN_K``: the lean one (per-tap
+scalar offsets, mask-free tiles where the channel counts allow) and the first design's, kept
+as an autotune candidate for padded convolutions (see ``candidates``).
+
+The launcher picks the config: one large config under the interpreter, the tuner's choice
+among ``candidates`` on a GPU (kernels/autotune.py), or ``default_config`` with
+FUSEDRES_AUTOTUNE=0.
 """
 import os
 
@@ -76,8 +84,6 @@ FLOAT_CONFIGS = [
     triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=4),
     triton.Config({"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_K": 32}, num_warps=2, num_stages=4),
 ]
-GPU_CONFIGS = HALF_CONFIGS + FLOAT_CONFIGS
-
 # A tile count that fills an H100/H200 (132 SMs) about twice: below it, smaller tiles win
 # by giving every SM work.
 _FULL_GRID = 256
