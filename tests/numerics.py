@@ -18,10 +18,19 @@ def model_tol(tf32=False):
     return 1e-2 if tf32 else 1e-4
 
 
-def assert_close_to_reference(out, ref, tol, what=""):
+# Whole half-precision models against float64 eager with the same rounded weights:
+# (relative Frobenius error, worst element / largest reference value).  Measured on
+# 2026-11-28 over 4 seeds (input 2x3x31x29, random BN statistics): ResNet-18 fp16 at most
+# 5.8e-4 and 6.4e-4, ResNet-50 bf16 at most 4.0e-2 and 4.3e-2.  About 4x that; fp16 has
+# more room because ResNet-50 fp16 (GPU autocast) is deeper than what was measured.
+MODEL_HALF_TOL = {torch.float16: (4e-3, 5e-3), torch.bfloat16: (0.16, 0.18)}
+
+
+def assert_close_to_reference(out, ref, tol, what="", element_tol=None):
     """``out`` (any dtype) against a float64 ``ref``: no NaN or Inf, relative Frobenius error
-    below ``tol``, and no single element off by more than 10*tol of the largest reference
-    value (catches a few wrong elements hidden in a large norm)."""
+    below ``tol``, and no single element off by more than ``element_tol`` (default 10*tol)
+    of the largest reference value (catches a few wrong elements hidden in a large norm)."""
+    element_tol = 10 * tol if element_tol is None else element_tol
     assert out.shape == ref.shape, f"{what}: shape {tuple(out.shape)} != {tuple(ref.shape)}"
     out = out.detach().to(device="cpu", dtype=torch.float64)
     ref = ref.detach().to(device="cpu", dtype=torch.float64)
@@ -31,7 +40,8 @@ def assert_close_to_reference(out, ref, tol, what=""):
     worst = (out - ref).abs().max().item()
     peak = ref.abs().max().clamp_min(1e-30).item()
     assert rel <= tol, f"{what}: relative error {rel:.3e} > {tol:.1e}"
-    assert worst <= 10 * tol * peak, f"{what}: max abs error {worst:.3e} > {10 * tol:.1e} * {peak:.3e}"
+    assert worst <= element_tol * peak, \
+        f"{what}: max abs error {worst:.3e} > {element_tol:.1e} * {peak:.3e}"
     return rel
 
 
