@@ -14,7 +14,6 @@ stderr, the result table to stdout.
 import argparse
 import copy
 import json
-import math
 import platform
 import sys
 import time
