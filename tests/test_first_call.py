@@ -309,3 +309,17 @@ def test_an_autotuned_launch_is_right_and_its_choice_is_stored(tuner_folder, mon
     assert torch.linalg.norm(out.double() - ref) / torch.linalg.norm(ref) < 5e-3
     assert len(fused_conv._TUNER.chosen()) == 1
     assert len(list(tuner_folder.iterdir())) == 1
+
+
+@pytest.mark.gpu
+def test_warmup_on_the_gpu_leaves_nothing_to_compile(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("FUSEDRES_AUTOTUNE", "0")  # one config per geometry: a short test
+    model = fusedres.resnet18().cuda().half().eval()
+    x = torch.randn(2, 3, 64, 64, device="cuda", dtype=torch.half)
+    report = fusedres.warmup(model, x)
+    assert report.failures == [] and report.compiles == report.geometries >= 15
+    cubins = len(list(tmp_path.rglob("*.cubin")))
+    with torch.inference_mode():
+        model(x)
+    assert len(list(tmp_path.rglob("*.cubin"))) == cubins, "the forward compiled something"
