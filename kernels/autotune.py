@@ -76,7 +76,9 @@ class Tuner:
     def pick(self, key, configs, run, device) -> triton.Config:
         """The fastest of ``configs`` for ``key``: from memory, else from disk, else measured
         by calling ``run(config)`` for each (through ``benchmark``) and stored."""
-        memory_key = (_device_name(device), key)
+        # The device itself, not its name: this runs on every launch, and the name (a driver
+        # query) is needed only for the stored file.
+        memory_key = (str(device), key)
         config = self._chosen.get(memory_key)
         if config is not None:
             return config

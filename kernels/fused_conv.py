@@ -514,7 +514,7 @@ def choose_config(ints, consts, dtype, launch, device):
     """The GPU config for one launch: the tuner's pick among ``candidates`` (it calls
     ``launch(config)`` to time them the first time a geometry is seen on this machine), or
     ``default_config`` when autotuning is off."""
-    element_size = torch.empty((), dtype=dtype).element_size()
+    element_size = dtype.itemsize
     if not autotune.enabled():
         return default_config(ints["M"], consts, element_size)
     return _TUNER.pick(tuning_key(ints, consts, dtype), candidates(consts, element_size),
