@@ -109,7 +109,7 @@ def _write_kernel_report(path):
     from fusedres.kernels import fused_conv
     rows = []
     try:
-        for caches in fused_conv._conv_bn_act_kernel.device_caches.values():
+        for caches in fused_conv.conv_bn_act_kernel.device_caches.values():
             for key, kernel in caches[0].items():
                 meta = kernel.metadata
                 rows.append({"key": str(key), "n_regs": kernel.n_regs,

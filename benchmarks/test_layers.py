@@ -81,7 +81,7 @@ def layer_contenders(spec, device):
 
     def fused():
         with torch.inference_mode():
-            return ops.conv_bn_act(x, conv, bn, cache, relu=spec.relu, residual=residual,
+            return ops.fused_step(x, conv, bn, cache, relu=spec.relu, residual=residual,
                                    shortcut=shortcut)
 
     return {"eager": eager, "fused": fused}

@@ -135,7 +135,7 @@ def target_driver(arch):
     device from the driver's target and keys nothing on the target afterwards, so the block
     gets fresh state, and the state from before comes back after it."""
     driver = triton.runtime.driver
-    kernel = conv_kernel._conv_bn_act_kernel
+    kernel = conv_kernel.conv_bn_act_kernel
     previous, previous_caches = driver._active, kernel.device_caches
     driver.set_active(_TargetDriver(arch))
     kernel.device_caches = collections.defaultdict(kernel.create_binder)

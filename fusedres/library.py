@@ -1,4 +1,4 @@
-"""``torch.ops.fusedres.conv_bn_act``: the Triton launch as a PyTorch custom operator.
+"""``torch.ops.fusedres.fused_launch``: the Triton launch as a PyTorch custom operator.
 
 Registering it lets ``torch.compile(fullgraph=True)`` and ``torch.export`` trace a fused
 model without a graph break: the compiler sees one opaque operator per fused step, with a
@@ -18,12 +18,12 @@ import torch
 from . import kernels
 
 
-@torch.library.custom_op("fusedres::conv_bn_act", mutates_args=())
-def conv_bn_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-                residual: Optional[torch.Tensor], shortcut_x: Optional[torch.Tensor],
-                shortcut_weight: Optional[torch.Tensor], kernel_size: List[int], stride: int,
-                padding: int, dilation: int, groups: int, shortcut_stride: int, relu: bool,
-                allow_tf32: bool) -> torch.Tensor:
+@torch.library.custom_op("fusedres::fused_launch", mutates_args=())
+def fused_launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                 residual: Optional[torch.Tensor], shortcut_x: Optional[torch.Tensor],
+                 shortcut_weight: Optional[torch.Tensor], kernel_size: List[int], stride: int,
+                 padding: int, dilation: int, groups: int, shortcut_stride: int, relu: bool,
+                 allow_tf32: bool) -> torch.Tensor:
     """See ``fusedres.kernels.conv_bn_act``; ``weight``/``shortcut_weight`` are packed."""
     shortcut = None if shortcut_x is None else (shortcut_x, shortcut_weight, shortcut_stride)
     return kernels.conv_bn_act(x, weight, bias, kernel_size=tuple(kernel_size), stride=stride,
@@ -31,7 +31,7 @@ def conv_bn_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                                residual=residual, shortcut=shortcut, allow_tf32=allow_tf32)
 
 
-@conv_bn_act.register_fake
+@fused_launch.register_fake
 def _(x, weight, bias, residual, shortcut_x, shortcut_weight, kernel_size, stride, padding,
       dilation, groups, shortcut_stride, relu, allow_tf32):
     kh, kw = kernel_size

@@ -31,7 +31,7 @@ class FusedConvBN(nn.Module):
             if residual is not None:
                 y = y + residual
             return torch.relu(y) if self.relu else y
-        return ops.conv_bn_act(x, self.conv, self.bn, self._fold, relu=self.relu,
+        return ops.fused_step(x, self.conv, self.bn, self._fold, relu=self.relu,
                                residual=residual)
 
     def extra_repr(self) -> str:

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from . import kernels, trace
 from .folding import build_folded
-from .library import conv_bn_act as conv_bn_act_op
+from .library import fused_launch
 
 
 def uses_triton(x: torch.Tensor) -> bool:
@@ -61,7 +61,7 @@ def check_input(x, conv, name="input"):
                         f"{', '.join(str(d) for d in kernels.SUPPORTED_DTYPES)}")
 
 
-def conv_bn_act(x, conv, bn, cache, *, relu, residual=None, shortcut=None):
+def fused_step(x, conv, bn, cache, *, relu, residual=None, shortcut=None):
     """Eval-mode ``relu?(bn(conv(x)) [+ bn_s(conv_s(xs))] [+ residual])`` in one launch.
 
     ``cache`` is the call site's ``FoldCache``; ``shortcut`` is ``(conv_s, bn_s, xs)``, a 1x1
@@ -106,7 +106,7 @@ def conv_bn_act(x, conv, bn, cache, *, relu, residual=None, shortcut=None):
 
     if triton:
         if tracing():
-            return conv_bn_act_op(
+            return fused_launch(
                 x, f.weight, f.bias, residual, None if shortcut is None else xs,
                 f.shortcut_weight, list(conv.kernel_size), conv.stride[0], conv.padding[0],
                 conv.dilation[0], conv.groups, 1 if shortcut is None else conv_s.stride[0],

@@ -108,7 +108,7 @@ def _accumulate(acc, a, b, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr
 
 
 @triton.jit
-def _conv_bn_act_kernel(
+def conv_bn_act_kernel(
     x_ptr,      # [N, H, W, C_in]            activations, NHWC contiguous
     w_ptr,      # [KH*KW*C_in/GROUPS, C_out] packed folded weight
     bias_ptr,   # [C_out] fp32               folded bias (plus the shortcut's)
@@ -500,7 +500,7 @@ def conv_bn_act(x, weight, bias, *, kernel_size, stride=1, padding=0, dilation=1
     def launch(config):
         grid = (triton.cdiv(m, config.kwargs["BLOCK_M"]) * triton.cdiv(cout_g, config.kwargs["BLOCK_N"]),
                 groups)
-        _conv_bn_act_kernel[grid](*args, **consts, **autotune.launch_options(config))
+        conv_bn_act_kernel[grid](*args, **consts, **autotune.launch_options(config))
 
     if INTERPRETED:
         launch(triton.Config(interpreter_config(cin_g, cout_g, m, consts["GATHER_K"],
@@ -538,5 +538,5 @@ def compile_ahead(ints, consts, dtype, config):
     16-byte aligned, as the mocks claim).  Returns Triton's compiled kernel (None when a
     ``jit_cache_hook`` skipped the compile)."""
     pointers = (dtype, dtype, torch.float32, dtype, dtype, dtype, dtype)
-    return _conv_bn_act_kernel.warmup(*pointers, *ints.values(), **consts,
+    return conv_bn_act_kernel.warmup(*pointers, *ints.values(), **consts,
                                       **autotune.launch_options(config), grid=(1,))

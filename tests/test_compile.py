@@ -55,7 +55,7 @@ def test_export_contains_the_fused_operator():
         program = torch.export.export(fused, (x,))
         out = program.module()(x)
         ref = eager.double()(x.double())
-    ops = [n for n in program.graph.nodes if n.target is torch.ops.fusedres.conv_bn_act.default]
+    ops = [n for n in program.graph.nodes if n.target is torch.ops.fusedres.fused_launch.default]
     assert len(ops) == 1 + 2 * 8  # stem + two launches in each of the 8 BasicBlocks
     assert_close_to_reference(out, ref, TOL, "exported")
 
@@ -93,10 +93,10 @@ def test_fake_implementation_matches_real_for_every_launch():
     samples = _op_samples()
     assert len(samples) > 20
     for spec, args in samples:
-        real = torch.ops.fusedres.conv_bn_act(*args)
+        real = torch.ops.fusedres.fused_launch(*args)
         with FakeTensorMode() as mode:
             fake_args = [mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args]
-            fake = torch.ops.fusedres.conv_bn_act(*fake_args)
+            fake = torch.ops.fusedres.fused_launch(*fake_args)
         assert (fake.shape, fake.dtype, fake.stride()) == (real.shape, real.dtype, real.stride()), \
             spec.describe()
 
@@ -112,7 +112,7 @@ def test_opcheck(dtype):
               next(a for s, a in samples if s.shortcut is not None)]
     for args in chosen:
         args = tuple(a.to(DEVICE) if isinstance(a, torch.Tensor) else a for a in args)
-        torch.library.opcheck(torch.ops.fusedres.conv_bn_act.default, args)
+        torch.library.opcheck(torch.ops.fusedres.fused_launch.default, args)
 
 
 def test_cuda_graph_runner_rejects_cpu_input():
