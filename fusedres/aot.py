@@ -21,9 +21,11 @@ import os
 import pickle
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from typing import NamedTuple, Optional
 
@@ -199,7 +201,7 @@ def compile_in_workers(jobs, workers=None, progress=None):
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [_package_root(), env.get("PYTHONPATH")]))
     results = [None] * len(jobs)
     done = 0
-    with tempfile.TemporaryDirectory() as folder:
+    with tempfile.TemporaryDirectory() as folder, _terminate_raises():
         running = {}
         pending = list(enumerate(chunks))
         try:
@@ -207,26 +209,49 @@ def compile_in_workers(jobs, workers=None, progress=None):
                 while pending and len(running) < workers:
                     number, chunk = pending.pop(0)
                     output = os.path.join(folder, f"{number}.pickle")
-                    proc = subprocess.Popen([sys.executable, "-c", _WORKER, output],
-                                            stdin=subprocess.PIPE, env=env)
+                    with open(output + ".err", "wb") as errors:
+                        proc = subprocess.Popen([sys.executable, "-c", _WORKER, output],
+                                                stdin=subprocess.PIPE, stderr=errors, env=env)
                     running[proc] = (chunk, output)  # before the write: Ctrl-C kills it too
                     proc.stdin.write(pickle.dumps([jobs[i] for i in chunk]))
                     proc.stdin.close()
                 finished = _wait_any(running)
                 chunk, output = running.pop(finished)
                 if finished.returncode != 0:
-                    raise RuntimeError(f"compile worker exited with status {finished.returncode}")
+                    with open(output + ".err", errors="replace") as errors:
+                        tail = errors.read()[-2000:].strip()
+                    raise RuntimeError(f"compile worker exited with status "
+                                       f"{finished.returncode}:\n{tail}")
                 with open(output, "rb") as file:
                     for i, result in zip(chunk, pickle.load(file)):
                         results[i] = result
                 done += len(chunk)
                 if progress is not None:
                     progress(done, len(jobs))
-        finally:  # on an error or Ctrl-C, no worker outlives the run
+        finally:  # on an error, Ctrl-C or SIGTERM, no worker outlives the run
             for proc in running:
                 if proc.poll() is None:
                     proc.kill()
     return results
+
+
+@contextlib.contextmanager
+def _terminate_raises():
+    """Turn SIGTERM into SystemExit while workers run, so the cleanup above runs (Python's
+    default SIGTERM action ends the process at once and would leave the workers compiling).
+    Only the main thread can set signal handlers; elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _wait_any(running):

@@ -4,9 +4,11 @@ that runs without installation.  No GPU needed."""
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 import torch
@@ -84,6 +86,49 @@ def test_warmup_compiles_exactly_the_keys_the_launches_look_up(tmp_path):
         # nothing extra.
         assert all(key.startswith("sm90|") for key in warm), label
         assert launched == warm, (label, sorted(launched - warm)[:2], sorted(warm - launched)[:2])
+
+
+def test_a_failing_compile_worker_reports_its_error_output(monkeypatch):
+    monkeypatch.setattr(aot, "_WORKER", "import sys; sys.stderr.write('detail of the failure'); "
+                                        "sys.exit(3)")
+    with pytest.raises(RuntimeError, match="(?s)status 3.*detail of the failure"):
+        aot.compile_in_workers([0], workers=1)
+
+
+_TERMINATED_SCRIPT = """
+from fusedres import aot
+aot._WORKER = ("import os, time; open(os.environ['WORKER_PID'], 'w').write(str(os.getpid())); "
+               "time.sleep(300)")
+aot.compile_in_workers([0], workers=1)
+"""
+
+
+def test_sigterm_stops_the_compile_workers_too(tmp_path):
+    pid_file = tmp_path / "worker.pid"
+    parent = subprocess.Popen([sys.executable, "-c", _TERMINATED_SCRIPT], cwd=REPO,
+                              env=_clean_env(WORKER_PID=str(pid_file)))
+    try:
+        deadline = time.monotonic() + 120
+        while not (pid_file.exists() and pid_file.read_text()):
+            assert parent.poll() is None and time.monotonic() < deadline, "no worker started"
+            time.sleep(0.1)
+        worker = int(pid_file.read_text())
+        parent.send_signal(signal.SIGTERM)
+        assert parent.wait(timeout=60) == 128 + signal.SIGTERM
+        deadline = time.monotonic() + 10
+        while _alive(worker):
+            assert time.monotonic() < deadline, f"worker {worker} outlived its parent"
+            time.sleep(0.1)
+    finally:
+        parent.kill()
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as stat:  # a zombie has exited
+            return stat.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 # ---------------------------------------------------------------- the persistent tuner
