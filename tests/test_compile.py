@@ -5,7 +5,7 @@ import torchvision
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 import fusedres
-from fusedres import trace
+from fusedres import ops, trace
 from fusedres.folding import build_folded
 
 from .conftest import DEVICE, TF32
@@ -47,7 +47,7 @@ def test_compiled_model_sees_weight_changes(backend):
 
 
 def test_export_contains_the_fused_operator():
-    if not fusedres.ops.uses_triton(torch.empty(0, device=DEVICE)):
+    if not ops.uses_triton(torch.empty(0, device=DEVICE)):
         pytest.skip("the Triton path needs a GPU or TRITON_INTERPRET=1")
     eager, fused = _models("resnet18")
     x = torch.randn(1, 3, 32, 32, device=DEVICE)
@@ -55,8 +55,9 @@ def test_export_contains_the_fused_operator():
         program = torch.export.export(fused, (x,))
         out = program.module()(x)
         ref = eager.double()(x.double())
-    ops = [n for n in program.graph.nodes if n.target is torch.ops.fusedres.fused_launch.default]
-    assert len(ops) == 1 + 2 * 8  # stem + two launches in each of the 8 BasicBlocks
+    launches = [n for n in program.graph.nodes
+                if n.target is torch.ops.fusedres.fused_launch.default]
+    assert len(launches) == 1 + 2 * 8  # stem + two launches in each of the 8 BasicBlocks
     assert_close_to_reference(out, ref, TOL, "exported")
 
 
