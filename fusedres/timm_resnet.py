@@ -221,16 +221,14 @@ def _check_stem(model):
         _check_pair(conv1, model.bn1, "conv1/bn1")
     _check_relu(model.act1, "act1")
     pool = model.maxpool
-    if isinstance(pool, nn.Sequential):
-        # replace_stem_pool without anti-aliasing: Conv2d, BatchNorm2d, act.
-        if len(pool) != 3:
-            raise UnsupportedModelError(f"maxpool: expected Sequential(Conv2d, BatchNorm2d, "
-                                        f"ReLU), got {pool!r}")
+    if isinstance(pool, nn.Sequential) and len(pool) == 3 and type(pool[0]) is nn.Conv2d:
+        # replace_stem_pool (ResNet-RS) without anti-aliasing: conv-BN-act.
         _check_pair(pool[0], pool[1], "maxpool.0/maxpool.1")
         _check_relu(pool[2], "maxpool.2")
-    else:
-        _expect(pool, (nn.MaxPool2d,), "maxpool",
-                "nn.MaxPool2d (anti-aliased stem pools are not fused)")
+    elif type(pool) is not nn.MaxPool2d:
+        raise UnsupportedModelError(
+            f"maxpool: expected nn.MaxPool2d or Sequential(Conv2d, BatchNorm2d, ReLU) "
+            f"(anti-aliased stem pools are not fused), got {pool!r}")
 
 
 def _check_downsample(ds, where):
