@@ -15,7 +15,7 @@ from timm.layers.squeeze_excite import SEModule
 from torch import nn
 
 import fusedres
-from fusedres import timm_resnet
+from fusedres import timm_resnet, trace
 from fusedres.kernels import conv_bn_act, pack_weight, scale_add_act
 
 from .conftest import DEVICE, TF32
@@ -194,6 +194,38 @@ def test_pooled_shortcut_rejects_mismatched_sizes():
     with pytest.raises(ValueError, match="average pool"):
         conv_bn_act(x, w, bias, kernel_size=1, shortcut=(torch.randn(1, 16, 7, 5, device=DEVICE), w, 2),
                     shortcut_pool=True)
+
+
+def test_traced_launches_record_the_pooled_shortcut():
+    """What inspect / warmup compile: the pooled shortcut is its own specialisation."""
+    with torch.device("meta"):
+        fused = fusedres.fuse(timm.create_model("resnet50d"), inplace=True)
+    specs = trace.trace_launches(fused, batch=2, size=(33, 35), dtype=torch.float16)
+    pooled = [spec for spec in specs if spec.shortcut_pool]
+    assert [spec.shortcut[1:] for spec in pooled] == [(9, 9, 2), (5, 5, 2), (3, 3, 2)]
+    assert all("+shortcut(avg2x2" in spec.describe() for spec in pooled)
+
+
+def test_custom_operator_runs_the_pooled_shortcut():
+    """torch.compile / export reach the launcher through the custom operator: its pooled
+    shortcut argument and fake implementation agree with the real launch."""
+    if not fusedres.kernels.INTERPRETED and DEVICE.type == "cpu":
+        pytest.skip("the real operator needs a GPU or TRITON_INTERPRET=1")
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    x, xs = torch.randn(1, 16, 3, 2, device=DEVICE), torch.randn(1, 8, 5, 3, device=DEVICE)
+    w = (torch.randn(32, 16, 1, 1) / 4).to(DEVICE)
+    w_s = (torch.randn(32, 8, 1, 1) / 3).to(DEVICE)
+    bias = torch.randn(32, device=DEVICE)
+    args = (x, pack_weight(w, x.dtype), bias, None, xs, pack_weight(w_s, x.dtype), [1, 1], 1, 0,
+            1, 1, 2, True, False, False)
+    real = torch.ops.fusedres.fused_launch(*args)
+    pooled = F.avg_pool2d(xs, 2, 2, ceil_mode=True, count_include_pad=False)
+    ref = F.conv2d(x.double(), w.double(), bias.double()) + F.conv2d(pooled.double(), w_s.double())
+    assert_close_to_reference(real, ref, rel_tol(x.dtype, TF32), "custom operator")
+    with FakeTensorMode() as mode:
+        fake = torch.ops.fusedres.fused_launch(
+            *[mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args])
+    assert (fake.shape, fake.stride()) == (real.shape, real.stride())
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
