@@ -20,7 +20,8 @@ autograd not recording (see ``fusedres.ops``):
                 own layers; the downsample (if any) one launch; then gate * y + shortcut
                 and the ReLU as one elementwise pass (``ops.scale_add_act``)
 
-Train mode, and eval mode while autograd records, run timm's eager forward.
+Train mode, and eval mode while autograd records, run timm's eager forward.  timm's
+``forward_intermediates`` (not overridden) runs the stem eagerly and the blocks fused.
 """
 import copy
 
@@ -31,7 +32,7 @@ from timm.models import resnet as timm_resnet
 from torch import nn
 
 from . import ops
-from .convert import UnsupportedModelError
+from .convert import UnsupportedModelError, _check_children
 from .folding import FoldCache, check_foldable
 
 # The timm architectures the tests check against timm's eager model (tests/test_timm.py
@@ -195,15 +196,6 @@ def _check_pair(conv, bn, where):
 
 def _check_relu(act, where):
     _expect(act, (nn.ReLU,), where, "nn.ReLU (the only activation the fused kernels apply)")
-
-
-def _check_children(module, required, optional, where):
-    names = [n for n, _ in module.named_children()]
-    missing = [n for n in required if n not in names]
-    unknown = [n for n in names if n not in required and n not in optional]
-    if missing or unknown:
-        parts = ([f"missing {missing}"] if missing else []) + ([f"unknown {unknown}"] if unknown else [])
-        raise UnsupportedModelError(f"{where}: unexpected structure ({'; '.join(parts)})")
 
 
 def _check_stem(model):
