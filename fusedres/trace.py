@@ -40,7 +40,7 @@ class LaunchSpec(NamedTuple):
         if self.dilation > 1:
             text += f" d{self.dilation}"
         if self.shortcut is not None:
-            pool = "avg2x2" if self.shortcut_pool else ""
+            pool = "avg2x2 " if self.shortcut_pool else ""
             text += f" +shortcut({pool}{self.shortcut[0]}/s{self.shortcut[3]})"
         if self.residual:
             text += " +residual"

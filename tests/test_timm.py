@@ -203,7 +203,7 @@ def test_traced_launches_record_the_pooled_shortcut():
     specs = trace.trace_launches(fused, batch=2, size=(33, 35), dtype=torch.float16)
     pooled = [spec for spec in specs if spec.shortcut_pool]
     assert [spec.shortcut[1:] for spec in pooled] == [(9, 9, 2), (5, 5, 2), (3, 3, 2)]
-    assert all("+shortcut(avg2x2" in spec.describe() for spec in pooled)
+    assert all("+shortcut(avg2x2 " in spec.describe() for spec in pooled)
 
 
 def test_custom_operator_runs_the_pooled_shortcut():
