@@ -397,8 +397,8 @@ def launch_scalars(*, batch, c_in, height, width, c_out, kernel_size, stride, pa
                    interpreted=INTERPRETED):
     """The kernel's integer arguments (in parameter order) and constexprs for one geometry,
     exactly as ``conv_bn_act`` launches it.  ``shortcut`` is ``(C_s, HS, WS, stride_s)`` or
-    None; ``shortcut_pool`` as in ``conv_bn_act``.  Shared with ``fusedres inspect``, which compiles what would launch without a GPU
-    (and so passes ``interpreted=False``)."""
+    None; ``shortcut_pool`` as in ``conv_bn_act``.  Shared with ``fusedres inspect``, which
+    compiles what would launch without a GPU (and so passes ``interpreted=False``)."""
     kh, kw = kernel_size
     oh = conv_output_size(height, kh, stride, padding, dilation)
     ow = conv_output_size(width, kw, stride, padding, dilation)

@@ -308,6 +308,21 @@ def test_dropblock_and_drop_path_are_accepted_in_eval(monkeypatch):
     assert_close_to_reference(out, _float64_reference(eager, x), model_tol(TF32))
 
 
+def test_command_line_model_names(monkeypatch):
+    """bench / inspect / warmup and the benchmark suite take timm:<name>; without timm the
+    error says how to install it."""
+    import argparse
+    from fusedres import gpu_inspect, model_names
+    assert model_names.argument("timm:resnet18d") == "timm:resnet18d"
+    with pytest.raises(argparse.ArgumentTypeError, match="timm has no model named 'resnet9x'"):
+        model_names.argument("timm:resnet9x")
+    specs = gpu_inspect.specialisations("timm:resnet18d", torch.float16, batch=1, size=(64, 64))
+    assert sum(spec.shortcut_pool for spec in specs) == 3
+    monkeypatch.setitem(sys.modules, "timm", None)  # as if not installed
+    with pytest.raises(argparse.ArgumentTypeError, match=r"pip install 'fusedres\[timm\]'"):
+        model_names.argument("timm:resnet18d")
+
+
 def test_import_fusedres_does_not_import_timm():
     code = ("import sys, fusedres; fusedres.fuse; fusedres.kernels; "
             "assert 'timm' not in sys.modules, 'timm imported'")
