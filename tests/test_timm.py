@@ -206,6 +206,19 @@ def test_traced_launches_record_the_pooled_shortcut():
     assert all("+shortcut(avg2x2 " in spec.describe() for spec in pooled)
 
 
+def test_pooled_shortcut_compiles_within_sm80_shared_memory():
+    """The pooled shortcut's four window loads once staged 176 KB of shared memory at the
+    widest fp16 tile on sm_80 (163 KB there); compiled for sm_80 without a GPU (one kernel,
+    cached next to Triton's cache like ``fusedres inspect``'s)."""
+    from fusedres import gpu_inspect
+    spec = [s for s in gpu_inspect.specialisations("timm:resnet50d", torch.float16, 256)
+            if s.shortcut_pool][-1]
+    config = gpu_inspect.TileConfig(128, 128, 64, num_warps=8, num_stages=3)
+    assert config in gpu_inspect.candidate_configs(spec)
+    result = gpu_inspect.compile_one(spec, config, gpu_inspect.ARCHES["sm_80"], allow_tf32=True)
+    assert gpu_inspect.check(result, gpu_inspect.ARCHES["sm_80"]) == []
+
+
 def test_custom_operator_runs_the_pooled_shortcut():
     """torch.compile / export reach the launcher through the custom operator: its pooled
     shortcut argument and fake implementation agree with the real launch."""
