@@ -153,6 +153,23 @@ def test_timm_model_api(monkeypatch):
         assert_close_to_reference(fused(x), _float64_reference(eager, x), tol, "reset head")
 
 
+def test_edits_after_fusing_are_seen(monkeypatch):
+    """The stem's, an SE-block downsample's and an attention module's weights edited in
+    place after fusing: the next call folds again (torch path; the rule is the backends')."""
+    monkeypatch.setattr(fusedres.kernels, "INTERPRETED", False)
+    eager = _eager("ecaresnet26t")
+    fused = fusedres.fuse(eager)
+    x = torch.randn(1, 3, *SIZE)
+    with torch.no_grad():
+        fused(x)
+        for model in (eager, fused):
+            model.conv1[3].weight.mul_(-2.0)
+            model.layer2[0].downsample[2].running_var.mul_(3.0)
+            model.layer3[1].se.conv.weight.neg_()
+        out = fused(x)
+    assert_close_to_reference(out, _float64_reference(eager, x), model_tol(), "after edits")
+
+
 def test_fuse_inplace_and_again():
     eager = _eager("resnet10t")
     fused = fusedres.fuse(eager, inplace=True)
