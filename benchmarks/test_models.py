@@ -5,7 +5,6 @@ torch.compile, timed interleaved per configuration (see conftest.measure_pair).
 models: each runs at every GPU configuration below, or at batch 1, 224x224, fp32 on CPU."""
 import itertools
 
-import pytest
 import torch
 
 from benchmarks import costs

@@ -202,15 +202,17 @@ def test_pooled_shortcut_matches_float64(hs, ws, dtype):
     assert_close_to_reference(out, ref, rel_tol(dtype), f"pooled shortcut {hs}x{ws} {dtype}")
 
 
-def test_pooled_shortcut_rejects_mismatched_sizes():
+@pytest.mark.parametrize("xs_size,stride,match", [
+    ((5, 5), 1, "averages 2x2 windows at stride 2"),
+    ((7, 5), 2, r"\(2x2 average pool\) does not produce"),
+], ids=["stride", "size"])
+def test_pooled_shortcut_rejects_mismatched_geometry(xs_size, stride, match):
     x = torch.randn(1, 16, 3, 3, device=DEVICE)
-    w, bias = pack_weight(torch.randn(16, 16, 1, 1), torch.float32).to(DEVICE), torch.zeros(16, device=DEVICE)
-    with pytest.raises(ValueError, match="stride 2"):
-        conv_bn_act(x, w, bias, kernel_size=1, shortcut=(torch.randn(1, 16, 5, 5, device=DEVICE), w, 1),
-                    shortcut_pool=True)
-    with pytest.raises(ValueError, match="average pool"):
-        conv_bn_act(x, w, bias, kernel_size=1, shortcut=(torch.randn(1, 16, 7, 5, device=DEVICE), w, 2),
-                    shortcut_pool=True)
+    w = pack_weight(torch.randn(16, 16, 1, 1), torch.float32).to(DEVICE)
+    xs = torch.randn(1, 16, *xs_size, device=DEVICE)
+    with pytest.raises(ValueError, match=match):
+        conv_bn_act(x, w, torch.zeros(16, device=DEVICE), kernel_size=1,
+                    shortcut=(xs, w, stride), shortcut_pool=True)
 
 
 def test_traced_launches_record_the_pooled_shortcut():
@@ -260,7 +262,8 @@ def test_custom_operator_runs_the_pooled_shortcut():
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_scale_add_act_matches_float64_and_keeps_nan(dtype):
-    y = torch.randn(2, 24, 5, 3, device=DEVICE).to(dtype).contiguous(memory_format=torch.channels_last)
+    y = torch.randn(2, 24, 5, 3, device=DEVICE).to(dtype)
+    y = y.contiguous(memory_format=torch.channels_last)
     gate = torch.rand(2, 24, 1, 1, device=DEVICE).to(dtype)
     residual = torch.randn(2, 24, 5, 3, device=DEVICE).to(dtype)  # NCHW: made channels_last
     y[1, 7, 4, 2] = float("nan")
@@ -311,7 +314,8 @@ def _with(model, path, module):
     (lambda: _with(timm.create_model("resnet18"), "layer2.0.drop_block", nn.Dropout()),
      r"layer2\.0\.drop_block: expected nn.Identity or timm's DropBlock2d"),
     (lambda: _with(timm.create_model("resnet18"), "layer4.0.conv2",
-                   timm.layers.Conv2dSame(512, 512, 3)), r"layer4\.0\.conv2/bn2: expected nn.Conv2d"),
+                   timm.layers.Conv2dSame(512, 512, 3)),
+     r"layer4\.0\.conv2/bn2: expected nn.Conv2d"),
     (lambda: _with(timm.create_model("resnet18"), "layer1.1.act2", nn.SiLU()),
      r"layer1\.1\.act2: expected nn.ReLU"),
     (lambda: timm.create_model("resnet50d", output_stride=16), r"layer4\.0\.downsample\.0"),
