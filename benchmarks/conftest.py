@@ -37,6 +37,10 @@ def pytest_addoption(parser):
     group.addoption("--bench-threads", type=int, default=None, metavar="N",
                     help="torch intra-op threads for CPU benchmarks (default: 1, see "
                          "docs/benchmarks.md)")
+    group.addoption("--bench-model", action="append", default=None, metavar="NAME",
+                    help="whole-model benchmarks of this model instead of the default set "
+                         "(repeatable): a torchvision ResNet name or timm:<name>, e.g. "
+                         "timm:resnet50d")
 
 
 def bench_device():

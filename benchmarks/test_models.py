@@ -1,12 +1,14 @@
 """Whole-model benchmarks: eager (channels_last), eager NCHW, fused and, where enabled,
-torch.compile, timed interleaved per configuration (see conftest.measure_pair)."""
+torch.compile, timed interleaved per configuration (see conftest.measure_pair).
+
+``--bench-model NAME`` (repeatable; torchvision names or ``timm:<name>``) replaces the default
+models: each runs at every GPU configuration below, or at batch 1, 224x224, fp32 on CPU."""
 import itertools
 
-import pytest
 import torch
 
-import fusedres
 from benchmarks import costs
+from fusedres import model_names
 from fusedres.bench import DTYPES, model_contenders
 from fusedres.trace import trace_launches
 
@@ -15,11 +17,30 @@ MODELS = ("resnet50", "resnet18", "resnet34")
 
 # (model, dtype, batch, size).  GPU: the full grid.  CPU: a small set that keeps the whole
 # CPU benchmark run under 3 minutes on 2 cores.
-GPU_CASES = list(itertools.product(MODELS, ("float16", "bfloat16", "float32"), (1, 32, 256),
-                                   (224,)))
+def gpu_cases(models):
+    return list(itertools.product(models, ("float16", "bfloat16", "float32"), (1, 32, 256),
+                                  (224,)))
+
+
 CPU_CASES = [("resnet18", "float32", 1, 224), ("resnet18", "float32", 8, 112),
              ("resnet34", "float32", 1, 224), ("resnet50", "float32", 1, 224)]
-CASES = GPU_CASES if torch.cuda.is_available() else CPU_CASES
+
+
+def cases(chosen):
+    """The (model, dtype, batch, size) grid: the default one, or that of ``--bench-model``."""
+    if torch.cuda.is_available():
+        return gpu_cases(chosen or MODELS)
+    return [(model, "float32", 1, 224) for model in chosen] if chosen else CPU_CASES
+
+
+def pytest_generate_tests(metafunc):
+    if metafunc.function is test_model:
+        chosen = metafunc.config.getoption("--bench-model")
+        for name in chosen or ():
+            model_names.check_name(name)
+        grid = cases(chosen)
+        metafunc.parametrize("model,dtype,batch,size", grid,
+                             ids=[f"{m}-{d}-b{b}-{s}" for m, d, b, s in grid])
 # Seconds of interleaved timing per configuration.  A CPU model round is 0.1-0.4 s, and 7
 # rounds left the ratios swinging by 0.25 between runs; 6 s buys 15-60 rounds.
 BUDGET_S = {"cpu": 6.0, "cuda": 1.0}
@@ -27,13 +48,13 @@ BUDGET_S = {"cpu": 6.0, "cuda": 1.0}
 
 def model_costs(model, batch, size, dtype):
     """(FLOPs, fused-floor bytes) of one forward: every fused launch plus the classifier."""
-    specs = trace_launches(getattr(fusedres, model)(), batch, (size, size), dtype)
-    fc = 2 * batch * (512 if model in ("resnet18", "resnet34") else 2048) * 1000
+    with torch.device("meta"):
+        fused = model_names.create_fused(model)
+    specs = trace_launches(fused, batch, (size, size), dtype)
+    fc = 2 * batch * fused.fc.in_features * fused.fc.out_features
     return (sum(map(costs.launch_flops, specs)) + fc, sum(map(costs.launch_bytes, specs)))
 
 
-@pytest.mark.parametrize("model,dtype,batch,size", CASES,
-                         ids=[f"{m}-{d}-b{b}-{s}" for m, d, b, s in CASES])
 def test_model(measure_pair, device, use_compile, model, dtype, batch, size):
     contenders = model_contenders(model, batch, size, DTYPES[dtype], device, use_compile)
     flops, nbytes = model_costs(model, batch, size, DTYPES[dtype])

@@ -3,9 +3,10 @@ single Triton kernels.
 
     import fusedres
     model = fusedres.fuse(torchvision_resnet)        # or fusedres.resnet50(weights=...)
+    model = fusedres.fuse(timm_resnet)               # timm's ResNet family (fusedres.timm_resnet)
 
 The public names are imported on first use (PEP 562), so ``import fusedres`` and the command
-line's ``--help`` do not import torch.
+line's ``--help`` do not import torch; ``import fusedres`` imports neither torchvision nor timm.
 """
 import importlib
 

@@ -22,6 +22,7 @@ import torch
 
 from . import timing
 from .cli import positive_float, positive_int
+from .convert import UnsupportedModelError
 
 # Per device: (batch, image size, dtype, timing budget in seconds).  The CPU default keeps a
 # whole run at about a minute on a 2-core machine.
@@ -36,13 +37,14 @@ MIN_ROUNDS, MAX_ROUNDS = 5, 1000  # interleaved rounds, whatever --seconds asks 
 
 
 def eager_model(name: str, seed: int = 0) -> torch.nn.Module:
-    """torchvision's ``name`` in eval mode with random weights and random, non-trivial
-    BatchNorm statistics (fresh init has mean 0 / var 1, which would hide folding errors)."""
-    import torchvision
+    """torchvision's ``name`` (timm's for ``timm:<name>``) in eval mode with random weights and
+    random, non-trivial BatchNorm statistics (fresh init has mean 0 / var 1, which would hide
+    folding errors)."""
+    from .model_names import create_eager
 
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    model = getattr(torchvision.models, name)(weights=None).eval()
+    model = create_eager(name).eval()
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, torch.nn.BatchNorm2d):
@@ -125,9 +127,10 @@ def _cpu_name() -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from .models import MODELS
+    from . import model_names
 
-    parser.add_argument("--model", default="resnet18", choices=sorted(MODELS))
+    parser.add_argument("--model", default="resnet18", type=model_names.argument, metavar="NAME",
+                        help=f"{model_names.HELP}; default: resnet18")
     parser.add_argument("--batch", type=positive_int,
                         help="batch size (default: 4 on CPU, 256 on CUDA)")
     parser.add_argument("--size", type=positive_int, help="image height and width (default: 224)")
@@ -268,7 +271,11 @@ def run(args) -> int:
     device = torch.device(device_type)
     _fill_defaults(args, device)
     start = time.perf_counter()
-    report = measure(args, device)
+    try:
+        report = measure(args, device)
+    except UnsupportedModelError as error:
+        print(f"fusedres bench: {args.model} cannot be fused: {error}", file=sys.stderr)
+        return 2
     print(format_table(report))
     if args.json:
         with open(args.json, "w") as fh:

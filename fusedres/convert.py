@@ -1,4 +1,5 @@
-"""``fuse(model)``: turn a torchvision ResNet into a FusedResNet with the same weights."""
+"""``fuse(model)``: turn a torchvision ResNet into a FusedResNet with the same weights (timm's
+ResNet family: ``fusedres.timm_resnet``)."""
 import copy
 import sys
 
@@ -26,6 +27,13 @@ def _torchvision_class(name):
     was passed in), else None: fusedres never imports torchvision itself here."""
     module = sys.modules.get("torchvision.models.resnet")
     return getattr(module, name, None) if module is not None else None
+
+
+def _timm_resnet_class():
+    """timm's ResNet class if timm's resnet module is already imported, else None: like
+    torchvision, timm is never imported by fusedres itself."""
+    module = sys.modules.get("timm.models.resnet")
+    return getattr(module, "ResNet", None) if module is not None else None
 
 
 def _check_class(obj, name, where):
@@ -112,8 +120,9 @@ def _fuse_block(block, fused_cls):
     return fused
 
 
-def fuse(model: nn.Module, *, inplace: bool = False) -> FusedResNet:
-    """Return a FusedResNet computing the same function as the torchvision ResNet ``model``.
+def fuse(model: nn.Module, *, inplace: bool = False) -> nn.Module:
+    """Return a FusedResNet computing the same function as the torchvision ResNet ``model``;
+    for timm's ResNet family, a fused timm ResNet (``fusedres.timm_resnet.fuse_timm``).
 
     Any depth, BasicBlock or Bottleneck, width and groups (wide_resnet, resnext),
     ``replace_stride_with_dilation``, ``zero_init_residual`` and ``num_classes`` are
@@ -126,6 +135,10 @@ def fuse(model: nn.Module, *, inplace: bool = False) -> FusedResNet:
     """
     if isinstance(model, FusedResNet):
         return model if inplace else copy.deepcopy(model)
+    timm_resnet = _timm_resnet_class()
+    if timm_resnet is not None and isinstance(model, timm_resnet):
+        from .timm_resnet import fuse_timm
+        return fuse_timm(model, inplace=inplace)
     if not isinstance(model, nn.Module):
         raise UnsupportedModelError(f"expected a torchvision ResNet, got {type(model).__name__}")
     _check_class(model, "ResNet", "model")

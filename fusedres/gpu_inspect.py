@@ -23,7 +23,7 @@ from .aot import TENSOR_CORE_OPS, CompileResult, Job, TileConfig
 from .cli import positive_int
 from .kernels import cudnn_allows_tf32
 from .kernels import fused_conv as conv_kernel
-from .models import MODELS
+from . import model_names
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 ARCHES = {"sm_80": 80, "sm_90": 90}
@@ -46,9 +46,10 @@ class Row(NamedTuple):
 # ---------------------------------------------------------------- what would launch
 
 def specialisations(model_name, dtype, batch=256, size=(224, 224)):
-    """The distinct LaunchSpecs of one forward of ``MODELS[model_name]`` (traced on meta)."""
+    """The distinct LaunchSpecs of one forward of the fused ``model_name`` (a
+    ``fusedres.model_names`` name; traced on meta)."""
     with torch.device("meta"):
-        model = MODELS[model_name]()
+        model = model_names.create_fused(model_name)
     return trace.unique(trace.trace_launches(model, batch, size, dtype))
 
 
@@ -246,10 +247,10 @@ def _size(text):
 def add_model_arguments(parser, several=False):
     """The options that say which launches to compile (shared with ``fusedres warmup``, which
     takes ``several`` models and batch sizes)."""
-    parser.add_argument("--model", required=True, choices=sorted(MODELS),
+    parser.add_argument("--model", required=True, type=model_names.argument, metavar="NAME",
                         nargs="+" if several else None,
-                        help="one or more models; their kernels compile in one parallel pass"
-                             if several else None)
+                        help=model_names.HELP + ("; one or more, their kernels compile in one "
+                                                 "parallel pass" if several else ""))
     parser.add_argument("--dtype", required=True, choices=list(DTYPES))
     parser.add_argument("--batch", type=positive_int, default=[256] if several else 256,
                         nargs="+" if several else None,

@@ -22,18 +22,19 @@ from . import kernels
 def fused_launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                  residual: Optional[torch.Tensor], shortcut_x: Optional[torch.Tensor],
                  shortcut_weight: Optional[torch.Tensor], kernel_size: List[int], stride: int,
-                 padding: int, dilation: int, groups: int, shortcut_stride: int, relu: bool,
-                 allow_tf32: bool) -> torch.Tensor:
+                 padding: int, dilation: int, groups: int, shortcut_stride: int,
+                 shortcut_pool: bool, relu: bool, allow_tf32: bool) -> torch.Tensor:
     """See ``fusedres.kernels.conv_bn_act``; ``weight``/``shortcut_weight`` are packed."""
     shortcut = None if shortcut_x is None else (shortcut_x, shortcut_weight, shortcut_stride)
     return kernels.conv_bn_act(x, weight, bias, kernel_size=tuple(kernel_size), stride=stride,
                                padding=padding, dilation=dilation, groups=groups, relu=relu,
-                               residual=residual, shortcut=shortcut, allow_tf32=allow_tf32)
+                               residual=residual, shortcut=shortcut,
+                               shortcut_pool=shortcut_pool, allow_tf32=allow_tf32)
 
 
 @fused_launch.register_fake
 def _(x, weight, bias, residual, shortcut_x, shortcut_weight, kernel_size, stride, padding,
-      dilation, groups, shortcut_stride, relu, allow_tf32):
+      dilation, groups, shortcut_stride, shortcut_pool, relu, allow_tf32):
     kh, kw = kernel_size
     n, _, h, w = x.shape
     oh = kernels.conv_output_size(h, kh, stride, padding, dilation)

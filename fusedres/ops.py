@@ -1,4 +1,5 @@
-"""One fused step, ``act(bn(conv(x)) [+ bn_s(conv_s(xs))] [+ residual])``, on the right backend.
+"""One fused step, ``act(bn(conv(x)) [+ bn_s(conv_s(xs))] [+ residual])``, on the right backend;
+and the elementwise end of an attention block, ``act(y * gate + residual)``.
 
 Backends, chosen per call from the input tensor:
   * CUDA tensors: the Triton kernel.
@@ -61,12 +62,14 @@ def check_input(x, conv, name="input"):
                         f"{', '.join(str(d) for d in kernels.SUPPORTED_DTYPES)}")
 
 
-def fused_step(x, conv, bn, cache, *, relu, residual=None, shortcut=None):
+def fused_step(x, conv, bn, cache, *, relu, residual=None, shortcut=None, shortcut_pool=False):
     """Eval-mode ``relu?(bn(conv(x)) [+ bn_s(conv_s(xs))] [+ residual])`` in one launch.
 
     ``cache`` is the call site's ``FoldCache``; ``shortcut`` is ``(conv_s, bn_s, xs)``, a 1x1
-    convolution + BatchNorm of ``xs``.  Returns a channels_last tensor in the compute dtype
-    (see ``compute_dtype``).
+    convolution + BatchNorm of ``xs``; with ``shortcut_pool`` the convolution (stride 1) reads
+    ``AvgPool2d(2, 2, ceil_mode=True, count_include_pad=False)(xs)`` (ResNet-D), pooled inside
+    the same launch.  Returns a channels_last tensor in the compute dtype (see
+    ``compute_dtype``).
     """
     check_input(x, conv)
     if not _autocast_enabled(x) and x.dtype != conv.weight.dtype:
@@ -89,12 +92,18 @@ def fused_step(x, conv, bn, cache, *, relu, residual=None, shortcut=None):
         check_input(xs, conv_s, "shortcut input")
         xs = xs.to(dtype)
         pairs.append((conv_s, bn_s))
+        if shortcut_pool and conv_s.stride[0] != 1:
+            raise ValueError("a pooled shortcut's convolution must have stride 1 (the 2x2 "
+                             f"average pool strides), got {conv_s.stride}")
+        # The stride at which the shortcut's windows step over xs.
+        stride_s = 2 if shortcut_pool else conv_s.stride[0]
 
     if trace.active():
         trace.note(trace.LaunchSpec(
             *x.shape, conv.out_channels, conv.kernel_size, conv.stride[0], conv.padding[0],
             conv.dilation[0], conv.groups, relu, residual is not None,
-            None if shortcut is None else (*xs.shape[1:], conv_s.stride[0]), dtype))
+            None if shortcut is None else (*xs.shape[1:], stride_s), dtype,
+            shortcut is not None and shortcut_pool))
 
     triton = uses_triton(x)
     if tracing():
@@ -109,18 +118,21 @@ def fused_step(x, conv, bn, cache, *, relu, residual=None, shortcut=None):
             return fused_launch(
                 x, f.weight, f.bias, residual, None if shortcut is None else xs,
                 f.shortcut_weight, list(conv.kernel_size), conv.stride[0], conv.padding[0],
-                conv.dilation[0], conv.groups, 1 if shortcut is None else conv_s.stride[0],
-                relu, kernels.cudnn_allows_tf32())
+                conv.dilation[0], conv.groups, 1 if shortcut is None else stride_s,
+                shortcut is not None and shortcut_pool, relu, kernels.cudnn_allows_tf32())
         # Eager calls skip the dispatcher (microseconds per step matter at batch 1).
         return kernels.conv_bn_act(
             x, f.weight, f.bias, kernel_size=conv.kernel_size, stride=conv.stride[0],
             padding=conv.padding[0], dilation=conv.dilation[0], groups=conv.groups, relu=relu,
             residual=residual,
-            shortcut=None if shortcut is None else (xs, f.shortcut_weight, conv_s.stride[0]))
+            shortcut=None if shortcut is None else (xs, f.shortcut_weight, stride_s),
+            shortcut_pool=shortcut_pool)
 
     y = F.conv2d(x.contiguous(memory_format=torch.channels_last), f.weight, f.bias,
                  conv.stride, conv.padding, conv.dilation, conv.groups)
     if shortcut is not None:
+        if shortcut_pool:
+            xs = F.avg_pool2d(xs, 2, 2, ceil_mode=True, count_include_pad=False)
         y.add_(F.conv2d(xs.contiguous(memory_format=torch.channels_last),
                         f.shortcut_weight, None, conv_s.stride))
     if residual is not None:
@@ -129,3 +141,13 @@ def fused_step(x, conv, bn, cache, *, relu, residual=None, shortcut=None):
                              f"produces {tuple(y.shape)}")
         y.add_(residual)
     return y.relu_() if relu else y
+
+
+def scale_add_act(y, gate, residual, *, relu=True):
+    """Eval-mode ``relu?(y * gate + residual)`` (the end of an SE / ECA block) in one pass:
+    the Triton kernel where ``fused_step`` launches one, two in-place torch ops otherwise.
+    While torch.compile / export trace, the torch ops (the compiler fuses them itself)."""
+    if uses_triton(y) and not tracing():
+        return kernels.scale_add_act(y, gate, residual, relu=relu)
+    out = torch.addcmul(residual, y, gate)
+    return out.relu_() if relu else out

@@ -29,6 +29,7 @@ class LaunchSpec(NamedTuple):
     residual: bool
     shortcut: Optional[Tuple[int, int, int, int]]  # (C_s, HS, WS, stride_s)
     dtype: torch.dtype
+    shortcut_pool: bool = False  # the shortcut averages 2x2 windows (ResNet-D)
 
     def describe(self) -> str:
         kh, kw = self.kernel_size
@@ -39,7 +40,8 @@ class LaunchSpec(NamedTuple):
         if self.dilation > 1:
             text += f" d{self.dilation}"
         if self.shortcut is not None:
-            text += f" +shortcut({self.shortcut[0]}/s{self.shortcut[3]})"
+            pool = "avg2x2 " if self.shortcut_pool else ""
+            text += f" +shortcut({pool}{self.shortcut[0]}/s{self.shortcut[3]})"
         if self.residual:
             text += " +residual"
         return text + (" +relu" if self.relu else "")

@@ -7,7 +7,8 @@ K = KH*KW*C_in/groups.  Each program owns a BLOCK_M x BLOCK_N tile of the output
 accumulates in fp32; the epilogue adds the (folded BatchNorm) bias, the optional residual,
 applies the optional ReLU, casts and stores once.  The optional shortcut is a second 1x1
 convolution accumulated into the same tile (the downsample branch of a ResNet block), so
-its output never touches memory.
+its output never touches memory; with ``SHORTCUT_POOL`` its input is first averaged over
+2x2 windows (ResNet-D's average-pool downsample), also in registers.
 
 Weights arrive packed as ``[KH*KW*C_in/groups, C_out]`` (row = (kh*KW + kw)*Cin_g + ci),
 the order the K loop walks, so every weight tile is one contiguous strip of rows.
@@ -124,6 +125,7 @@ def conv_bn_act_kernel(
     C_out: tl.constexpr, HS: tl.constexpr, WS: tl.constexpr, C_short: tl.constexpr,
     KH: tl.constexpr, KW: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr,
     DIL: tl.constexpr, GROUPS: tl.constexpr, STRIDE_SHORT: tl.constexpr,
+    SHORTCUT_POOL: tl.constexpr,
     GATHER_K: tl.constexpr, HAS_SHORTCUT: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
     RELU: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
     INDEX_64: tl.constexpr,
@@ -237,13 +239,37 @@ def conv_bn_act_kernel(
             acc = _accumulate(acc, a, b, DOT_PRECISION, UPCAST_DOT)
 
     if HAS_SHORTCUT:
-        # 1x1 convolution, stride STRIDE_SHORT, no padding: always inside the image.
+        # 1x1 convolution of the window at stride STRIDE_SHORT, no padding: always inside the
+        # image.  With SHORTCUT_POOL the window is 2x2 and averaged first (ResNet-D's
+        # AvgPool2d(2, 2, ceil_mode=True, count_include_pad=False)): on odd sizes the last
+        # row/column of windows hangs over the border and averages the 1 or 2 pixels inside.
         s_off = ((img * HS + oh * STRIDE_SHORT) * WS + ow * STRIDE_SHORT) * C_short
-        for c0 in range(0, C_short, BLOCK_K):
+        if SHORTCUT_POOL:
+            in_h = oh * STRIDE_SHORT + 1 < HS
+            in_w = ow * STRIDE_SHORT + 1 < WS
+            # 1/count is 1, 1/2 or 1/4: exact in every dtype.
+            inv_count = 1.0 / ((1 + in_h.to(tl.float32)) * (1 + in_w.to(tl.float32)))
+            # Pipelining stages all four window loads through shared memory: at the config's
+            # 3 stages a 128x128x64 fp16 tile needed 176 KB on sm_80 (163 KB available) and
+            # fp32 tiles spilled; 2 stages took 96 KB.
+            SHORTCUT_STAGES: tl.constexpr = 2
+        else:
+            SHORTCUT_STAGES: tl.constexpr = None  # the config's num_stages
+        for c0 in tl.range(0, C_short, BLOCK_K, num_stages=SHORTCUT_STAGES):
             c = c0 + offs_k
             c_mask = c < C_short
-            a = tl.load(xs_ptr + s_off[:, None] + c[None, :],
-                        mask=m_mask[:, None] & c_mask[None, :], other=0.0)
+            a_ptrs = xs_ptr + s_off[:, None] + c[None, :]
+            a_mask = m_mask[:, None] & c_mask[None, :]
+            a = tl.load(a_ptrs, mask=a_mask, other=0.0)
+            if SHORTCUT_POOL:
+                # Sum in fp32 and round the average once to the input dtype, as eager's
+                # pooling layer does before its 1x1 convolution.
+                a = (a.to(tl.float32)
+                     + tl.load(a_ptrs + C_short, mask=a_mask & in_w[:, None], other=0.0)
+                     + tl.load(a_ptrs + WS * C_short, mask=a_mask & in_h[:, None], other=0.0)
+                     + tl.load(a_ptrs + (WS + 1) * C_short,
+                               mask=a_mask & (in_h & in_w)[:, None], other=0.0))
+                a = (a * inv_count[:, None]).to(xs_ptr.dtype.element_ty)
             b = tl.load(ws_ptr + c[:, None] * C_out + co[None, :],
                         mask=c_mask[:, None] & n_mask[None, :], other=0.0)
             acc = _accumulate(acc, a, b, DOT_PRECISION, UPCAST_DOT)
@@ -373,11 +399,12 @@ def cudnn_allows_tf32() -> bool:
 
 
 def launch_scalars(*, batch, c_in, height, width, c_out, kernel_size, stride, padding, dilation,
-                   groups, relu, residual, shortcut, dtype, allow_tf32, interpreted=INTERPRETED):
+                   groups, relu, residual, shortcut, dtype, allow_tf32, shortcut_pool=False,
+                   interpreted=INTERPRETED):
     """The kernel's integer arguments (in parameter order) and constexprs for one geometry,
     exactly as ``conv_bn_act`` launches it.  ``shortcut`` is ``(C_s, HS, WS, stride_s)`` or
-    None.  Shared with ``fusedres inspect``, which compiles what would launch without a GPU
-    (and so passes ``interpreted=False``)."""
+    None; ``shortcut_pool`` as in ``conv_bn_act``.  Shared with ``fusedres inspect``, which
+    compiles what would launch without a GPU (and so passes ``interpreted=False``)."""
     kh, kw = kernel_size
     oh = conv_output_size(height, kh, stride, padding, dilation)
     ow = conv_output_size(width, kw, stride, padding, dilation)
@@ -390,7 +417,8 @@ def launch_scalars(*, batch, c_in, height, width, c_out, kernel_size, stride, pa
     consts = dict(
         H=height, W=width, C_in=c_in, OH=oh, OW=ow, C_out=c_out, HS=hs, WS=ws, C_short=c_short,
         KH=kh, KW=kw, STRIDE=stride, PAD=padding, DIL=dilation, GROUPS=groups,
-        STRIDE_SHORT=stride_s, GATHER_K=c_in // groups < GATHER_K_BELOW,
+        STRIDE_SHORT=stride_s, SHORTCUT_POOL=shortcut is not None and shortcut_pool,
+        GATHER_K=c_in // groups < GATHER_K_BELOW,
         HAS_SHORTCUT=shortcut is not None, HAS_RESIDUAL=residual, RELU=relu,
         DOT_PRECISION="tf32" if dtype == torch.float32 and allow_tf32 else "ieee",
         # The interpreter's tl.dot runs on NumPy, which has no bfloat16.
@@ -401,7 +429,8 @@ def launch_scalars(*, batch, c_in, height, width, c_out, kernel_size, stride, pa
 
 
 def conv_bn_act(x, weight, bias, *, kernel_size, stride=1, padding=0, dilation=1, groups=1,
-                relu=True, residual=None, shortcut=None, out=None, allow_tf32=None):
+                relu=True, residual=None, shortcut=None, shortcut_pool=False, out=None,
+                allow_tf32=None):
     """Launch ``act(conv(x, weight) [+ shortcut] + bias [+ residual])``.
 
     x:        [N, C_in, H, W], any memory format (made channels_last; free if it already is).
@@ -410,6 +439,10 @@ def conv_bn_act(x, weight, bias, *, kernel_size, stride=1, padding=0, dilation=1
     shortcut: optional ``(xs, ws, stride_s)``: a 1x1 convolution of ``xs`` ([N, C_s, HS, WS])
               with packed weight ``ws`` ([C_s, C_out]) added into the same accumulator; its
               bias must already be included in ``bias``.
+    shortcut_pool: average ``xs`` over 2x2 windows at stride ``stride_s`` (which must be 2)
+              before the 1x1 convolution, as ``AvgPool2d(2, 2, ceil_mode=True,
+              count_include_pad=False)`` does: the output is ceil(HS/2) x ceil(WS/2) and a
+              window on an odd border averages only the pixels inside.
     residual: optional tensor of the output's shape, added before the ReLU.
     out:      optional preallocated output (channels_last, output shape and dtype).
     allow_tf32: fp32 inputs only; defaults to ``cudnn_allows_tf32()`` so that the kernel
@@ -457,10 +490,19 @@ def conv_bn_act(x, weight, bias, *, kernel_size, stride=1, padding=0, dilation=1
         c_short = xs.shape[1]
         _check_packed("shortcut weight", ws, c_short, c_out, device, dtype)
         hs, wsz = xs.shape[2:]
-        if xs.shape[0] != n or (conv_output_size(hs, 1, stride_s, 0, 1),
-                                conv_output_size(wsz, 1, stride_s, 0, 1)) != (oh, ow):
-            raise ValueError(f"shortcut input of shape {tuple(xs.shape)} with stride {stride_s} "
-                             f"does not produce the output's shape {out_shape}")
+        if shortcut_pool:
+            if stride_s != 2:
+                raise ValueError(f"a pooled shortcut averages 2x2 windows at stride 2, got "
+                                 f"stride {stride_s}")
+            # ceil_mode: a last window that starts inside the input counts.
+            shortcut_size = (-(-hs // 2), -(-wsz // 2))
+        else:
+            shortcut_size = (conv_output_size(hs, 1, stride_s, 0, 1),
+                             conv_output_size(wsz, 1, stride_s, 0, 1))
+        if xs.shape[0] != n or shortcut_size != (oh, ow):
+            raise ValueError(f"shortcut input of shape {tuple(xs.shape)} with stride {stride_s}"
+                             f"{' (2x2 average pool)' if shortcut_pool else ''} does not produce "
+                             f"the output's shape {out_shape}")
         xs = xs.contiguous(memory_format=torch.channels_last)
     else:
         xs, ws, stride_s, c_short, hs, wsz = x, weight, 1, 0, 0, 0
@@ -491,7 +533,7 @@ def conv_bn_act(x, weight, bias, *, kernel_size, stride=1, padding=0, dilation=1
         padding=padding, dilation=dilation, groups=groups, relu=relu,
         residual=residual is not None,
         shortcut=None if shortcut is None else (c_short, hs, wsz, stride_s),
-        dtype=dtype, allow_tf32=allow_tf32)
+        shortcut_pool=shortcut_pool, dtype=dtype, allow_tf32=allow_tf32)
     m = ints["M"]
     cout_g = c_out // groups
     args = (x, weight, bias, xs, ws, residual if residual is not None else out, out,

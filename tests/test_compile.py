@@ -84,7 +84,8 @@ def _op_samples(dtype=torch.float32):
             samples.append((spec, (
                 x, folded.weight, folded.bias, residual, xs, folded.shortcut_weight,
                 list(spec.kernel_size), spec.stride, spec.padding, spec.dilation, spec.groups,
-                1 if spec.shortcut is None else spec.shortcut[3], spec.relu, False)))
+                1 if spec.shortcut is None else spec.shortcut[3], spec.shortcut_pool, spec.relu,
+                False)))
     return samples
 
 
