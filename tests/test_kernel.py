@@ -155,9 +155,9 @@ def _geometries(draw):
     stride = draw(st.integers(1, 3))
     dilation = draw(st.integers(1, 3))
     padding = draw(st.integers(0, 3))
-    reach = dilation * (kernel - 1) + 1
-    h = draw(st.integers(max(1, reach - 2 * padding), 13))
-    w = draw(st.integers(max(1, reach - 2 * padding), 13))
+    smallest = max(1, dilation * (kernel - 1) + 1 - 2 * padding)  # one output pixel
+    h = draw(st.integers(smallest, max(smallest, 13)))
+    w = draw(st.integers(smallest, max(smallest, 13)))
     n = draw(st.integers(1, 3))
     return n, c_in, h, w, c_out, kernel, stride, padding, dilation, groups
 
