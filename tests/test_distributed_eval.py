@@ -14,9 +14,10 @@ ARGS = ["--samples", "7", "--size", "16", "--num-classes", "10", "--batch-size",
 
 
 def _run(launcher, out, cwd):
-    # The CPU torch path (no interpreter) and one thread per process, as torchrun would set.
+    # The CPU torch path (no interpreter, no GPU: gloo, and this test must not depend on
+    # having two GPUs) and one thread per process, as torchrun would set.
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env.update(OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(
+    env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", PYTHONPATH=os.pathsep.join(
         filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     done = subprocess.run([sys.executable, *launcher, str(SCRIPT), *ARGS, "--out", str(out)],
                           capture_output=True, text=True, timeout=600, cwd=cwd, env=env)

