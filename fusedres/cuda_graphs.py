@@ -17,7 +17,7 @@ varying batch sizes captures a handful of graphs instead of one per size.
 
 Graphs are re-captured whenever any parameter, buffer or BatchNorm ``eps`` of the model
 changed (edited in place, replaced, moved), so a replay never uses stale folded weights; the
-check costs one read per tensor (``ModelWatch``; about 15 us per call on ResNet-18, 40 us on
+check costs one read per tensor (``ModelWatch``; about 15 us per call on ResNet-18, 37 us on
 ResNet-50 on a 2-core CPU).  Two kinds of change cannot be seen and need
 ``runner.invalidate()``: in-place edits of inference tensors inside ``torch.inference_mode()``
 (see ``fusedres.folding.TensorWatch``), and changes made around ``nn.Module``'s registration
@@ -161,7 +161,8 @@ def bucket_size(batch: int, buckets: Optional[Sequence[int]]) -> int:
 class CUDAGraphRunner:
     """Callable replaying ``model``'s eval-mode forward through CUDA graphs (see module doc).
 
-    ``max_graphs``: how many captured graphs are kept (least recently used dropped first).
+    ``max_graphs``: how many captured graphs are kept (least recently used dropped first);
+    small by default because each holds the activations of a whole forward at its shape.
     ``buckets``: optional increasing batch sizes to pad each batch up to (see module doc);
     padding rows are zeros and their outputs are dropped.  ``check``: ``"full"`` (default)
     re-captures after any change to the model; ``"cheap"`` only after replaced parts and
@@ -189,10 +190,6 @@ class CUDAGraphRunner:
         self._graphs = LRU(max_graphs)
         self._watch = None
         self._lock = threading.Lock()
-
-    @property
-    def max_graphs(self) -> int:
-        return self._graphs.capacity
 
     def invalidate(self) -> None:
         """Drop every captured graph and the model's folded weights; the next call folds and

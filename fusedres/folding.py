@@ -176,8 +176,9 @@ class FoldCache:
                              bn.running_mean, bn.running_var) if t is not None]
         eps = tuple(bn.eps for _, bn in pairs)
         key = (dtype, device, packed)
-        snapshot = self._snapshot
-        if snapshot is not None and self._current(snapshot, sources, eps):
+        snapshot = self._snapshot  # one read: the snapshot below cannot change under us
+        if (snapshot is not None and eps == snapshot.eps and snapshot.watch.watches(sources)
+                and not snapshot.watch.changed()):  # _current, inlined on the hot path
             folded = snapshot.variants.get(key)
             if folded is not None:
                 return folded

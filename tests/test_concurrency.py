@@ -214,11 +214,13 @@ class TestFusedModel:
             fused.load_state_dict(new)
 
         def edit(reading):
+            factor = 1.5  # alternates with its inverse, so the variances stay in range
             with torch.no_grad():
                 while reading():
                     for block in (fused.layer1[0], fused.layer3[0]):
                         block.conv2.weight.neg_()
-                        block.bn2.running_var.mul_(1.5)
+                        block.bn2.running_var.mul_(factor)
+                    factor = 1 / factor
                     time.sleep(PAUSE_S)
                 fused.layer2[1].bn1.running_mean.add_(1.0)
                 fused.conv1.weight.neg_()
