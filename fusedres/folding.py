@@ -1,4 +1,5 @@
 """BatchNorm folding and the cache of folded weights that can never go stale."""
+import collections
 import contextlib
 import operator
 import threading
@@ -96,35 +97,42 @@ class _Loads:
     """``load_state_dict`` calls on fused modules in progress, in any thread.
 
     ``load_state_dict`` copies tensor after tensor, so while it runs the module holds a mix of
-    old and new weights.  A fold waits until no load is in progress and is kept only if no
-    load started while it read its sources (``generation`` unchanged), so no launch ever folds
-    such a mix.  Global rather than per model: a load is rare and short, and a per-model
-    record would have to survive ``copy.deepcopy`` and pickling.
+    old and new weights.  A fold waits until no other thread is loading and is kept only if
+    no load started or ended while it read its sources (``generation`` unchanged), so no
+    launch ever folds such a mix.  The loading thread itself does not wait (a load hook that
+    runs the model would otherwise wait for itself forever); what it folds mid-load is
+    refolded after the load, whose copies moved the versions.  Global rather than per model:
+    a load is rare and short, and a per-model record would have to survive
+    ``copy.deepcopy`` and pickling.
     """
 
     condition = threading.Condition()
-    active = 0
+    loading = collections.Counter()  # thread id -> loads in progress (nested ones count)
     generation = 0
 
     @classmethod
     def wait_until_idle(cls) -> int:
-        """Waits until no load is in progress; returns the generation to compare after."""
+        """Waits until no other thread is loading; returns the generation to compare after."""
+        me = threading.get_ident()
         with cls.condition:
-            cls.condition.wait_for(lambda: cls.active == 0)
+            cls.condition.wait_for(lambda: cls.loading.keys() <= {me})
             return cls.generation
 
 
 @contextlib.contextmanager
 def loading():
-    """Marks a ``load_state_dict`` in progress (see ``_Loads``)."""
+    """Marks a ``load_state_dict`` in progress in this thread (see ``_Loads``)."""
+    me = threading.get_ident()
     with _Loads.condition:
-        _Loads.active += 1
+        _Loads.loading[me] += 1
         _Loads.generation += 1
     try:
         yield
     finally:
         with _Loads.condition:
-            _Loads.active -= 1
+            _Loads.loading[me] -= 1
+            if not _Loads.loading[me]:
+                del _Loads.loading[me]
             _Loads.generation += 1
             _Loads.condition.notify_all()
 

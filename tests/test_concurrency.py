@@ -258,3 +258,27 @@ def test_edit_while_folding_is_not_cached_as_current(backend, monkeypatch):
     tol = 1e-4 if not TF32 else 2e-3
     assert_close_to_reference(first, ref, tol, "the call during which the edit landed")
     assert_close_to_reference(second, ref, tol, "the call after it")
+
+
+def test_model_run_by_a_load_hook_does_not_wait_for_itself(monkeypatch):
+    """A fold waits for other threads' loads only: a hook that runs the model while its own
+    load is in progress must not deadlock, and the model must follow the loaded weights."""
+    monkeypatch.setattr(fusedres.kernels, "INTERPRETED", False)
+    fused = FusedConvBN(*conv_bn_pair(5, 12, 3, 1, 1)).eval()
+    x = torch.randn(1, 5, 6, 7)
+    new = FusedConvBN(*conv_bn_pair(5, 12, 3, 1, 1)).state_dict()
+    seen = []
+
+    def run_after_loading(module, incompatible_keys):
+        with torch.no_grad():
+            seen.append(module(x))
+
+    fused.register_load_state_dict_post_hook(run_after_loading)
+    done = threading.Thread(target=fused.load_state_dict, args=(new,), daemon=True)
+    done.start()
+    done.join(timeout=60)
+    assert not done.is_alive(), "load_state_dict deadlocked in its own hook"
+    assert len(seen) == 1
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), seen[0])
+    assert_close_to_reference(seen[0], _eager(fused, x), 1e-4)
