@@ -9,10 +9,17 @@ The public names are imported on first use (PEP 562), so ``import fusedres`` and
 line's ``--help`` do not import torch; ``import fusedres`` imports neither torchvision nor timm.
 """
 import importlib
+import sys
 
 from ._source_checkout import install_checkout_kernels
 
 install_checkout_kernels()  # a source checkout's kernels/ as fusedres.kernels (imports nothing)
+
+if "torch" in sys.modules:
+    # Register torch.ops.fusedres.fused_launch now, so that a saved torch.export program
+    # using it loads right after `import fusedres`.  Without torch imported yet (the command
+    # line's --help) nothing is imported; any fusedres model or function registers it too.
+    importlib.import_module(".library", __name__)
 
 __version__ = "0.1.0"
 

@@ -1,5 +1,8 @@
 """BatchNorm folding and the cache of folded weights that can never go stale."""
+import collections
+import contextlib
 import operator
+import threading
 from typing import NamedTuple, Optional
 
 import torch
@@ -83,6 +86,73 @@ class TensorWatch:
                 or tuple(map(_VERSION, self._versioned)) != self._versions)
 
 
+class _Snapshot(NamedTuple):
+    """What a FoldCache knows at one moment; never modified, only replaced as a whole."""
+    watch: TensorWatch
+    eps: tuple
+    variants: dict  # (dtype, device, packed) -> Folded
+
+
+class _Loads:
+    """``load_state_dict`` calls on fused modules in progress, in any thread.
+
+    ``load_state_dict`` copies tensor after tensor, so while it runs the module holds a mix of
+    old and new weights.  A fold waits until no other thread is loading and is kept only if
+    no load started or ended while it read its sources (``generation`` unchanged), so no
+    launch ever folds such a mix.  The loading thread itself does not wait (a load hook that
+    runs the model would otherwise wait for itself forever); what it folds mid-load is
+    refolded after the load, whose copies moved the versions.  Global rather than per model:
+    a load is rare and short, and a per-model record would have to survive
+    ``copy.deepcopy`` and pickling.
+    """
+
+    condition = threading.Condition()
+    loading = collections.Counter()  # thread id -> loads in progress (nested ones count)
+    generation = 0
+
+    @classmethod
+    def wait_until_idle(cls) -> int:
+        """Waits until no other thread is loading; returns the generation to compare after."""
+        me = threading.get_ident()
+        with cls.condition:
+            cls.condition.wait_for(lambda: cls.loading.keys() <= {me})
+            return cls.generation
+
+
+@contextlib.contextmanager
+def loading():
+    """Marks a ``load_state_dict`` in progress in this thread (see ``_Loads``)."""
+    me = threading.get_ident()
+    with _Loads.condition:
+        _Loads.loading[me] += 1
+        _Loads.generation += 1
+    try:
+        yield
+    finally:
+        with _Loads.condition:
+            _Loads.loading[me] -= 1
+            if not _Loads.loading[me]:
+                del _Loads.loading[me]
+            _Loads.generation += 1
+            _Loads.condition.notify_all()
+
+
+def loads_generation() -> int:
+    """Changes whenever a ``load_state_dict`` of a fused module starts or ends; a cheap
+    witness of weight loads for ``CUDAGraphRunner(check="cheap")``."""
+    return _Loads.generation
+
+
+class LoadsAtomically:
+    """Mixin for fused modules: their ``load_state_dict`` is never seen half done by a fold
+    in another thread (see ``_Loads``).  Loading into a submodule directly
+    (``fused.conv.load_state_dict(...)``) bypasses it."""
+
+    def load_state_dict(self, *args, **kwargs):
+        with loading():
+            return super().load_state_dict(*args, **kwargs)
+
+
 class FoldCache:
     """Folded weights of one fused launch, rebuilt whenever their sources change.
 
@@ -90,10 +160,22 @@ class FoldCache:
     submodule (``block.conv1 = ...``) can never leave a fused model pointing at the old one.
     The cache watches every tensor it folded (``TensorWatch``: replaced, edited in place,
     moved), plus each BatchNorm's ``eps``.  Any difference drops every cached variant.
+
+    Thread-safe.  Everything lives in one immutable ``_Snapshot`` that is replaced, never
+    changed, so the common call (sources unchanged, variant present) reads one attribute and
+    takes no lock; building a fold takes the cache's lock, so threads that find the cache
+    stale together fold once.  A fold records the sources' versions *before* reading them
+    and is retried if they changed while it read them (or a ``load_state_dict`` ran, see
+    ``_Loads``), so a concurrent edit can neither slip into a launch half-applied nor leave
+    a stale fold looking current.  (An in-place edit still running in another thread,
+    unsynchronised, is a data race on the tensor itself, as in eager PyTorch; the call
+    after it returns sees it.)  At most one variant per (dtype, device, layout) is held; a
+    rebuild drops the old tensors with the old snapshot.
     """
 
     def __init__(self):
-        self.clear()
+        self._lock = threading.Lock()
+        self._snapshot = None
 
     def get(self, pairs, dtype: torch.dtype, device: torch.device, packed: bool) -> Folded:
         """``pairs``: ``[(conv, bn)]``, or ``[(conv, bn), (shortcut_conv, shortcut_bn)]``."""
@@ -101,23 +183,54 @@ class FoldCache:
                    for t in (conv.weight, conv.bias, bn.weight, bn.bias,
                              bn.running_mean, bn.running_var) if t is not None]
         eps = tuple(bn.eps for _, bn in pairs)
-        if (self._watch is None or eps != self._eps or not self._watch.watches(sources)
-                or self._watch.changed()):
-            for conv, bn in pairs:
-                check_foldable(conv, bn)
-            self._variants.clear()
-            self._watch = TensorWatch(sources)
-            self._eps = eps
         key = (dtype, device, packed)
-        if key not in self._variants:
-            self._variants[key] = build_folded(pairs, dtype, device, packed)
-        return self._variants[key]
+        snapshot = self._snapshot  # one read: the snapshot below cannot change under us
+        if (snapshot is not None and eps == snapshot.eps and snapshot.watch.watches(sources)
+                and not snapshot.watch.changed()):  # _current, inlined on the hot path
+            folded = snapshot.variants.get(key)
+            if folded is not None:
+                return folded
+        with self._lock:
+            snapshot = self._snapshot  # another thread may have folded meanwhile
+            if snapshot is not None and not self._current(snapshot, sources, eps):
+                snapshot = None
+            if snapshot is not None and key in snapshot.variants:
+                return snapshot.variants[key]
+            if snapshot is None:
+                for conv, bn in pairs:
+                    check_foldable(conv, bn)
+            while True:
+                generation = _Loads.wait_until_idle()
+                # The versions are read before folding: an edit made meanwhile shows as a
+                # change below, so the fold is retried and never cached as current.
+                if snapshot is not None and self._current(snapshot, sources, eps):
+                    watch, variants = snapshot.watch, snapshot.variants
+                else:
+                    watch, variants = TensorWatch(sources), {}
+                folded = build_folded(pairs, dtype, device, packed)
+                if _Loads.generation == generation and not watch.changed():
+                    break
+            self._snapshot = _Snapshot(watch, eps, {**variants, key: folded})
+            return folded
+
+    @staticmethod
+    def _current(snapshot, sources, eps) -> bool:
+        return (eps == snapshot.eps and snapshot.watch.watches(sources)
+                and not snapshot.watch.changed())
 
     def clear(self) -> None:
-        """Forget everything; the next ``get`` folds again."""
-        self._watch = None
-        self._eps = ()
-        self._variants = {}
+        """Forget everything; the next ``get`` folds again.  Waits for a fold in progress,
+        which may have read the values from before the caller's edit."""
+        with self._lock:
+            self._snapshot = None
+
+    def __getstate__(self):
+        # Pickled, deep-copied or saved empty: folds and watches describe tensors of this
+        # process, and the lock cannot be pickled; the copy folds again on its first call.
+        return {}
+
+    def __setstate__(self, state):
+        self.__init__()
 
 
 def forget_folds(model: nn.Module) -> None:

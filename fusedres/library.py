@@ -11,11 +11,16 @@ cannot follow, and the CPU-only machines this project is verified on cannot exer
 Inductor's Triton code generation at all.  An opaque operator costs nothing at run time
 here: the kernel already carries the whole epilogue, so there is nothing left to fuse into it.
 """
+import importlib
 from typing import List, Optional
 
 import torch
 
-from . import kernels
+
+def _kernels():
+    # Imported on first use: `import fusedres` registers this operator, and should not
+    # import Triton (and fix TRITON_INTERPRET) for a program that may never launch it.
+    return importlib.import_module(".kernels", __package__)
 
 
 @torch.library.custom_op("fusedres::fused_launch", mutates_args=())
@@ -26,10 +31,10 @@ def fused_launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                  shortcut_pool: bool, relu: bool, allow_tf32: bool) -> torch.Tensor:
     """See ``fusedres.kernels.conv_bn_act``; ``weight``/``shortcut_weight`` are packed."""
     shortcut = None if shortcut_x is None else (shortcut_x, shortcut_weight, shortcut_stride)
-    return kernels.conv_bn_act(x, weight, bias, kernel_size=tuple(kernel_size), stride=stride,
-                               padding=padding, dilation=dilation, groups=groups, relu=relu,
-                               residual=residual, shortcut=shortcut,
-                               shortcut_pool=shortcut_pool, allow_tf32=allow_tf32)
+    return _kernels().conv_bn_act(
+        x, weight, bias, kernel_size=tuple(kernel_size), stride=stride, padding=padding,
+        dilation=dilation, groups=groups, relu=relu, residual=residual, shortcut=shortcut,
+        shortcut_pool=shortcut_pool, allow_tf32=allow_tf32)
 
 
 @fused_launch.register_fake
@@ -37,7 +42,7 @@ def _(x, weight, bias, residual, shortcut_x, shortcut_weight, kernel_size, strid
       dilation, groups, shortcut_stride, shortcut_pool, relu, allow_tf32):
     kh, kw = kernel_size
     n, _, h, w = x.shape
-    oh = kernels.conv_output_size(h, kh, stride, padding, dilation)
-    ow = kernels.conv_output_size(w, kw, stride, padding, dilation)
+    size = _kernels().conv_output_size
+    oh, ow = size(h, kh, stride, padding, dilation), size(w, kw, stride, padding, dilation)
     return torch.empty((n, weight.shape[1], oh, ow), dtype=x.dtype, device=x.device,
                        memory_format=torch.channels_last)

@@ -3,10 +3,10 @@ import torch
 from torch import nn
 
 from . import ops
-from .folding import FoldCache, check_foldable
+from .folding import FoldCache, LoadsAtomically, check_foldable
 
 
-class FusedConvBN(nn.Module):
+class FusedConvBN(LoadsAtomically, nn.Module):
     """``relu?(bn(conv(x)) + residual?)`` with ``conv`` and ``bn`` folded into one kernel.
 
     Eval mode runs one fused launch (see ``fusedres.ops`` for which backend); train mode, and
@@ -14,7 +14,8 @@ class FusedConvBN(nn.Module):
     running-stat updates and gradients are eager's.  ``conv`` and ``bn`` stay submodules, so
     the state_dict keys are the eager ones (``conv.weight``, ``bn.running_mean``, ...).
     Folded weights are rebuilt whenever a source tensor changes; they are never stale.
-    Returns channels_last tensors on the fused path.
+    Returns channels_last tensors on the fused path.  Safe to call from several threads at
+    once, also while another thread loads weights (see ``fusedres.folding.FoldCache``).
     """
 
     def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, relu: bool = True):

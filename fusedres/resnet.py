@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from . import ops
-from .folding import FoldCache
+from .folding import FoldCache, LoadsAtomically
 
 
 def _conv3x3(in_planes, out_planes, stride=1, groups=1, dilation=1):
@@ -28,7 +28,7 @@ def _conv1x1(in_planes, out_planes, stride=1):
     return nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, bias=False)
 
 
-class _FusedBlock(nn.Module):
+class _FusedBlock(LoadsAtomically, nn.Module):
     """Shared machinery of the two block types: the chain of (conv, bn) pairs, of which all
     but the last get a ReLU and the last gets the residual (identity or downsample)."""
 
@@ -115,7 +115,7 @@ class FusedBottleneck(_FusedBlock):
         self._init_caches()
 
 
-class FusedResNet(nn.Module):
+class FusedResNet(LoadsAtomically, nn.Module):
     """torchvision's ResNet with fused blocks; same constructor, names and state_dict."""
 
     def __init__(self, block, layers, num_classes=1000, zero_init_residual=False, groups=1,

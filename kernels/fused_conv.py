@@ -29,6 +29,7 @@ among ``candidates`` on a GPU (kernels/autotune.py), or ``default_config`` with
 FUSEDRES_AUTOTUNE=0.
 """
 import os
+import threading
 
 import torch
 import triton
@@ -349,6 +350,10 @@ def interpreter_config(cin_g, cout_g, m, gather_k, k_total):
 # Which K loop the interpreter runs; the tests run both.
 INTERPRETER_LEAN_K = True
 
+# Triton's interpreter swaps triton.language's functions for its own while a kernel runs,
+# process-wide, so two threads interpreting at once break each other: one launch at a time.
+_INTERPRETER_LOCK = threading.Lock()
+
 
 def _check_activation(name, t, device, dtype):
     if not isinstance(t, torch.Tensor):
@@ -545,8 +550,9 @@ def conv_bn_act(x, weight, bias, *, kernel_size, stride=1, padding=0, dilation=1
         conv_bn_act_kernel[grid](*args, **consts, **autotune.launch_options(config))
 
     if INTERPRETED:
-        launch(triton.Config(interpreter_config(cin_g, cout_g, m, consts["GATHER_K"],
-                                                kh * kw * cin_g)))
+        with _INTERPRETER_LOCK:
+            launch(triton.Config(interpreter_config(cin_g, cout_g, m, consts["GATHER_K"],
+                                                    kh * kw * cin_g)))
     else:
         launch(choose_config(ints, consts, dtype, launch, device))
     return out

@@ -5,6 +5,8 @@ on a GPU, natively.  Outputs are poisoned with NaN before every launch, so an el
 kernel fails to write fails the test.
 """
 
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -133,34 +135,74 @@ def test_shortcut_fusion_matches_float64(main, shortcut_geometry, dtype):
     assert_close_to_reference(out, ref, rel_tol(dtype), f"shortcut {dtype}")
 
 
+# FUSEDRES_FUZZ picks how hard the fuzz below searches: "quick" (CI, seconds) or "deep"
+# (10,000 examples, run by hand: about half an hour to an hour on 2 CPU cores under the
+# interpreter; `nice -n 19 env FUSEDRES_FUZZ=deep pytest tests/test_kernel.py -k fuzzed
+# --hypothesis-show-statistics` prints how many examples ran).
+FUZZ_EXAMPLES = {"quick": 40, "deep": 10_000}
+FUZZ = os.environ.get("FUSEDRES_FUZZ", "quick")
+if FUZZ not in FUZZ_EXAMPLES:
+    raise ValueError(f"FUSEDRES_FUZZ={FUZZ!r}: expected one of {', '.join(FUZZ_EXAMPLES)}")
+
+
 @st.composite
 def _geometries(draw):
     groups = draw(st.sampled_from([1, 1, 2, 4]))
-    c_in = groups * draw(st.integers(1, 24))
-    c_out = groups * draw(st.integers(1, 24))
+    # Per-group channel counts mostly not multiples of 16: partial K and N tiles.
+    c_in = groups * draw(st.integers(1, 40))
+    c_out = groups * draw(st.integers(1, 40))
     kernel = draw(st.sampled_from([1, 2, 3, 5, 7]))
     stride = draw(st.integers(1, 3))
-    dilation = draw(st.integers(1, 2))
+    dilation = draw(st.integers(1, 3))
     padding = draw(st.integers(0, 3))
-    reach = dilation * (kernel - 1) + 1
-    h = draw(st.integers(max(1, reach - 2 * padding), 13))
-    w = draw(st.integers(max(1, reach - 2 * padding), 13))
+    smallest = max(1, dilation * (kernel - 1) + 1 - 2 * padding)  # one output pixel
+    h = draw(st.integers(smallest, max(smallest, 13)))
+    w = draw(st.integers(smallest, max(smallest, 13)))
     n = draw(st.integers(1, 3))
     return n, c_in, h, w, c_out, kernel, stride, padding, dilation, groups
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@st.composite
+def _shortcuts(draw, n, oh, ow):
+    """None, or a 1x1 shortcut ``(xs shape, stride_s)`` whose output is ``oh x ow``."""
+    if not draw(st.booleans()):
+        return None
+    stride_s = draw(st.integers(1, 2))
+    # Any input size the 1x1/stride_s convolution maps onto oh x ow (odd remainders too).
+    hs = (oh - 1) * stride_s + 1 + draw(st.integers(0, stride_s - 1))
+    ws = (ow - 1) * stride_s + 1 + draw(st.integers(0, stride_s - 1))
+    return (n, draw(st.integers(1, 40)), hs, ws), stride_s
+
+
+@settings(max_examples=FUZZ_EXAMPLES[FUZZ], deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
 @given(geometry=_geometries(), dtype=st.sampled_from(DTYPES), residual=st.booleans(),
-       relu=st.booleans())
-def test_fuzzed_geometries_match_float64(geometry, dtype, residual, relu):
+       relu=st.booleans(), lean_k=st.booleans(), data=st.data())
+def test_fuzzed_geometries_match_float64(geometry, dtype, residual, relu, lean_k, data):
     n, c_in, h, w, c_out, kernel, stride, padding, dilation, groups = geometry
     x, weight, bias = _operands(n, c_in, h, w, c_out, kernel, groups, dtype)
     ref = _reference(x, weight, bias, stride, padding, dilation, groups, relu=False)
     res = torch.randn_like(ref).to(dtype) if residual else None
-    ref = _reference(x, weight, bias, stride, padding, dilation, groups, res, relu=relu)
-    out = _launch(x, weight, bias, kernel=kernel, stride=stride, padding=padding,
-                  dilation=dilation, groups=groups, relu=relu, residual=res)
-    assert_close_to_reference(out, ref, rel_tol(dtype), f"{geometry} {dtype}")
+    drawn = data.draw(_shortcuts(n, ref.shape[2], ref.shape[3]), label="shortcut")
+    shortcut = None
+    if drawn is not None:
+        (_, c_s, hs, ws), stride_s = drawn
+        xs = torch.randn(n, c_s, hs, ws, device=DEVICE).to(dtype)
+        shortcut = (xs, (torch.randn(c_out, c_s, 1, 1, device=DEVICE) / c_s ** 0.5).to(dtype),
+                    stride_s)
+    ref = _reference(x, weight, bias, stride, padding, dilation, groups, res, shortcut, relu)
+    # Both K loops under the interpreter (see k_loop; a fixture cannot vary per example).
+    previous = kernel_module.INTERPRETER_LEAN_K
+    kernel_module.INTERPRETER_LEAN_K = lean_k
+    try:
+        out = _launch(x, weight, bias, kernel=kernel, stride=stride, padding=padding,
+                      dilation=dilation, groups=groups, relu=relu, residual=res,
+                      shortcut=shortcut)
+    finally:
+        kernel_module.INTERPRETER_LEAN_K = previous
+    assert_close_to_reference(out, ref, rel_tol(dtype),
+                              f"{geometry} {dtype} residual={residual} shortcut={drawn} "
+                              f"relu={relu} lean_k={lean_k}")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)

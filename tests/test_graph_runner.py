@@ -1,0 +1,222 @@
+"""CUDAGraphRunner's bounds (LRU of captured graphs), batch-size bucketing and its cheap
+staleness check (issue 15, issue 9 item 4).  The bookkeeping runs on CPU with a stand-in for
+graph capture (``CPUGraphRunner``); the same behaviour with real CUDA graphs is GPU-marked."""
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import fusedres
+from fusedres.cuda_graphs import LRU, CUDAGraphRunner, ModelWatch, _Captured, bucket_size
+
+from .conftest import TF32
+from .numerics import assert_close_to_reference, model_tol, randomize_bn
+
+
+class _Replay:
+    def __init__(self, replay):
+        self.replay = replay
+
+
+class CPUGraphRunner(CUDAGraphRunner):
+    """The runner with "capture" replaced by recording the forward to rerun on replay: every
+    decision about which graph to keep, pad to, re-capture or drop is the real runner's."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.captures = []
+
+    @staticmethod
+    def _check_input(x):
+        pass
+
+    def _capture(self, x):
+        self.captures.append(x.shape[0])
+        with torch.no_grad():
+            out = self.model(x)
+
+        def replay():
+            with torch.no_grad():
+                out.copy_(self.model(x))
+
+        return _Captured(_Replay(replay), x, out)
+
+
+def tiny_fused_model():
+    """Stem + a BasicBlock with a downsample, 3 -> 8 -> 16 channels: cheap at any batch."""
+    conv, bn = nn.Conv2d(3, 8, 3, 1, 1, bias=False), nn.BatchNorm2d(8)
+    downsample = nn.Sequential(nn.Conv2d(8, 16, 1, 2, bias=False), nn.BatchNorm2d(16))
+    model = nn.Sequential(fusedres.FusedConvBN(conv, bn),
+                          fusedres.FusedBasicBlock(8, 16, stride=2, downsample=downsample),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    return randomize_bn(model).eval()
+
+
+@pytest.fixture
+def torch_path(monkeypatch):
+    monkeypatch.setattr(fusedres.kernels, "INTERPRETED", False)
+
+
+class TestLRU:
+    def test_evicts_least_recently_used(self):
+        lru = LRU(2)
+        lru.put("a", 1)
+        lru.put("b", 2)
+        assert lru.get("a") == 1  # now "b" is the oldest
+        lru.put("c", 3)
+        assert len(lru) == 2 and lru.get("b") is None
+        assert lru.get("a") == 1 and lru.get("c") == 3
+
+    @pytest.mark.parametrize("capacity", [0, -1, 2.5, None])
+    def test_rejects_bad_capacity(self, capacity):
+        with pytest.raises(ValueError, match="positive int"):
+            LRU(capacity)
+
+
+def test_bucket_size():
+    buckets = (1, 2, 4, 8)
+    assert [bucket_size(n, buckets) for n in (1, 2, 3, 4, 5, 8)] == [1, 2, 4, 4, 8, 8]
+    assert bucket_size(9, buckets) == 9  # beyond the largest bucket: its own size
+    assert bucket_size(3, None) == 3
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"check": "sometimes"}, "check must be"),
+    ({"buckets": (4, 2)}, "strictly increasing"),
+    ({"buckets": ()}, "strictly increasing"),
+    ({"buckets": (0, 1)}, "strictly increasing"),
+    ({"max_graphs": 0}, "positive int"),
+])
+def test_runner_rejects_bad_options(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        CUDAGraphRunner(nn.Identity(), **kwargs)
+
+
+class TestRunnerBookkeeping:
+    @pytest.fixture
+    def model(self, torch_path):
+        return tiny_fused_model()
+
+    def test_keeps_at_most_max_graphs(self, model):
+        runner = CPUGraphRunner(model, max_graphs=2)
+        for batch in (1, 2, 3, 1, 2, 3):
+            x = torch.randn(batch, 3, 8, 8)
+            with torch.no_grad():
+                torch.testing.assert_close(runner(x), model(x))
+            assert len(runner._graphs) <= 2
+        assert runner.captures == [1, 2, 3, 1, 2, 3]  # cyclic use defeats a 2-entry LRU
+        with torch.no_grad():
+            runner(torch.randn(2, 3, 8, 8))  # 3 and 2 are held: no capture
+        assert runner.captures[-1] == 3
+
+    def test_buckets_pad_and_slice(self, model):
+        runner = CPUGraphRunner(model, buckets=(2, 4, 8))
+        outputs = {}
+        with torch.no_grad():
+            for batch in (3, 1, 4, 2, 7, 8, 11):
+                x = torch.randn(batch, 3, 8, 8)
+                outputs[batch] = out = runner(x)
+                assert out.shape == (batch, 16)
+                torch.testing.assert_close(out, model(x))
+        assert runner.captures == [4, 2, 8, 11]  # 11 is beyond the buckets: its own graph
+        captured = runner._graphs.get(((4, 3, 8, 8), torch.float32, torch.device("cpu"), False))
+        assert captured is not None
+        with torch.no_grad():
+            runner(torch.randn(3, 3, 8, 8))
+        assert torch.equal(captured.static_input[3:], torch.zeros(1, 3, 8, 8))  # padding rows
+
+    def test_full_check_recaptures_after_an_edit(self, model):
+        runner = CPUGraphRunner(model)
+        x = torch.randn(2, 3, 8, 8)
+        with torch.no_grad():
+            runner(x)
+            model[1].bn2.running_var.mul_(2.0)
+            torch.testing.assert_close(runner(x), model(x))
+        assert runner.captures == [2, 2]
+
+    def test_cheap_check_sees_loads_and_replacements_only(self, model):
+        runner = CPUGraphRunner(model, check="cheap")
+        x = torch.randn(2, 3, 8, 8)
+        other = tiny_fused_model().state_dict()
+        with torch.no_grad():
+            runner(x)
+            runner(x)
+            assert runner.captures == [2]
+            model[1].load_state_dict({k[len("1."):]: v for k, v in other.items()
+                                      if k.startswith("1.")})  # a fused module's load
+            torch.testing.assert_close(runner(x), model(x))
+            assert runner.captures == [2, 2]
+            model[0].bn = randomize_bn(nn.BatchNorm2d(8)).eval()  # a replaced part
+            torch.testing.assert_close(runner(x), model(x))
+            assert runner.captures == [2, 2, 2]
+            model[0].conv.weight.neg_()  # in place: the caller promised invalidate()
+            runner(x)
+            assert runner.captures == [2, 2, 2]
+            runner.invalidate()
+            torch.testing.assert_close(runner(x), model(x))
+            assert runner.captures == [2, 2, 2, 2]
+
+
+class TestCheapModelWatch:
+    def test_what_it_sees(self, torch_path):
+        fused = fusedres.fuse(randomize_bn(torchvision.models.resnet18())).eval()
+        watch = ModelWatch(fused, full=False)
+        assert not watch.changed()
+        with torch.no_grad():
+            fused.layer1[0].conv1.weight.neg_()
+        assert not watch.changed()  # in place: not seen, by design
+        fused.load_state_dict(torchvision.models.resnet18().state_dict())
+        assert watch.changed()
+        watch = ModelWatch(fused, full=False)
+        fused.layer2[1].bn2 = nn.BatchNorm2d(128).eval()
+        assert watch.changed()
+
+
+def _gpu_model():
+    return fusedres.fuse(randomize_bn(torchvision.models.resnet18())).cuda().eval()
+
+
+def _eager(fused, x):
+    eager = torchvision.models.resnet18().eval()
+    eager.load_state_dict({k: v.cpu() for k, v in fused.state_dict().items()})
+    with torch.no_grad():
+        return eager.double()(x.cpu().double())
+
+
+@pytest.mark.gpu
+def test_gpu_runner_lru_bounds_graphs():
+    fused = _gpu_model()
+    runner = CUDAGraphRunner(fused, max_graphs=2)
+    with torch.no_grad():
+        for batch in (1, 2, 3, 1):
+            x = torch.randn(batch, 3, 32, 32, device="cuda")
+            assert_close_to_reference(runner(x), _eager(fused, x), model_tol(TF32), f"batch {batch}")
+            assert len(runner._graphs) <= 2
+
+
+@pytest.mark.gpu
+def test_gpu_runner_buckets_pad_and_slice():
+    fused = _gpu_model()
+    runner = CUDAGraphRunner(fused, buckets=(1, 4, 8))
+    with torch.no_grad():
+        for batch in (3, 2, 4, 5):
+            x = torch.randn(batch, 3, 32, 32, device="cuda")
+            out = runner(x)
+            assert out.shape == (batch, 1000)
+            assert_close_to_reference(out, _eager(fused, x), model_tol(TF32), f"batch {batch}")
+    assert len(runner._graphs) == 2  # buckets 4 and 8
+
+
+@pytest.mark.gpu
+def test_gpu_runner_cheap_check():
+    fused = _gpu_model()
+    runner = CUDAGraphRunner(fused, check="cheap")
+    x = torch.randn(1, 3, 32, 32, device="cuda")
+    with torch.no_grad():
+        runner(x)
+        fused.load_state_dict(randomize_bn(torchvision.models.resnet18()).state_dict())
+        assert_close_to_reference(runner(x), _eager(fused, x), model_tol(TF32), "after a load")
+        fused.layer3[1].conv2.weight.neg_()
+        runner.invalidate()
+        assert_close_to_reference(runner(x), _eager(fused, x), model_tol(TF32),
+                                  "after an edit and invalidate()")
