@@ -33,7 +33,7 @@ from torch import nn
 
 from . import ops
 from .convert import UnsupportedModelError, _check_children
-from .folding import FoldCache, check_foldable
+from .folding import FoldCache, LoadsAtomically, check_foldable
 
 # The timm architectures the tests check against timm's eager model (tests/test_timm.py
 # parametrises over this tuple; the README's list is checked against it).
@@ -79,7 +79,7 @@ def _pooled(downsample):
     return type(downsample[0]) is nn.AvgPool2d
 
 
-class _FusedTimmBlock:
+class _FusedTimmBlock(LoadsAtomically):
     """The fused forward of timm's BasicBlock / Bottleneck (mixed in before timm's class)."""
 
     _PAIRS = ()  # (conv, bn) attribute names in order
@@ -124,7 +124,7 @@ class FusedTimmBottleneck(_FusedTimmBlock, timm_resnet.Bottleneck):
     _PAIRS = (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"))
 
 
-class FusedTimmResNet(timm_resnet.ResNet):
+class FusedTimmResNet(LoadsAtomically, timm_resnet.ResNet):
     """timm's ResNet with a fused stem and fused blocks; timm's names, state_dict and API."""
 
     def _init_caches(self):

@@ -15,7 +15,7 @@ from timm.layers.squeeze_excite import SEModule
 from torch import nn
 
 import fusedres
-from fusedres import timm_resnet, trace
+from fusedres import folding, timm_resnet, trace
 from fusedres.kernels import conv_bn_act, pack_weight, scale_add_act
 
 from .conftest import DEVICE, TF32
@@ -129,6 +129,16 @@ def test_state_dict_names_and_round_trip():
     with torch.no_grad():
         fused.conv1[0].weight.zero_()
     assert eager.conv1[0].weight.abs().sum() > 0
+
+
+def test_loads_into_fused_timm_modules_are_atomic_for_folds():
+    # A load into the model or a block is seen by folds in other threads and by
+    # CUDAGraphRunner(check="cheap") (tests/test_concurrency.py covers the mechanism).
+    fused = fusedres.fuse(_eager("resnet18d"))
+    for module in (fused, fused.layer2[0]):
+        before = folding.loads_generation()
+        module.load_state_dict(module.state_dict())
+        assert folding.loads_generation() == before + 2, type(module).__name__
 
 
 def test_timm_model_api(monkeypatch):
