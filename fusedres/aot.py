@@ -47,16 +47,20 @@ class TileConfig(NamedTuple):
     num_warps: int
     num_stages: int
     lean_k: bool = True  # the K loop: lean, or the first design (kernels/fused_conv.py)
+    split_k: int = 1     # K slices per tile (split-K), 1 for none
 
     @classmethod
     def from_triton(cls, config: triton.Config) -> "TileConfig":
         kw = config.kwargs
         return cls(kw["BLOCK_M"], kw["BLOCK_N"], kw["BLOCK_K"], config.num_warps,
-                   config.num_stages, kw.get("LEAN_K", True))
+                   config.num_stages, kw.get("LEAN_K", True), kw.get("SPLIT_K", 1))
 
     def to_triton(self) -> triton.Config:
+        # SPLIT_K only when set: the kernel's default, so that unsplit configs launch (and
+        # are cached) exactly as before split-K existed.
+        split = {"SPLIT_K": self.split_k} if self.split_k != 1 else {}
         return triton.Config({"BLOCK_M": self.block_m, "BLOCK_N": self.block_n,
-                              "BLOCK_K": self.block_k, "LEAN_K": self.lean_k},
+                              "BLOCK_K": self.block_k, "LEAN_K": self.lean_k, **split},
                              num_warps=self.num_warps, num_stages=self.num_stages)
 
     def describe(self) -> str:
@@ -100,7 +104,8 @@ def candidate_configs(spec: LaunchSpec, autotuning: Optional[bool] = None):
         autotuning = kernels.autotune.enabled()
     ints, consts = _scalars(spec, allow_tf32=False)
     if autotuning:
-        return [TileConfig.from_triton(c) for c in conv_kernel.candidates(consts, element_size)]
+        return [TileConfig.from_triton(c)
+                for c in conv_kernel.candidates(consts, element_size, ints["M"])]
     return [TileConfig.from_triton(conv_kernel.default_config(ints["M"], consts, element_size))]
 
 
@@ -135,15 +140,17 @@ def target_driver(arch):
     device from the driver's target and keys nothing on the target afterwards, so the block
     gets fresh state, and the state from before comes back after it."""
     driver = triton.runtime.driver
-    kernel = conv_kernel.conv_bn_act_kernel
-    previous, previous_caches = driver._active, kernel.device_caches
+    kernels_ = (conv_kernel.conv_bn_act_kernel, conv_kernel.split_k_epilogue_kernel)
+    previous, previous_caches = driver._active, [k.device_caches for k in kernels_]
     driver.set_active(_TargetDriver(arch))
-    kernel.device_caches = collections.defaultdict(kernel.create_binder)
+    for kernel in kernels_:
+        kernel.device_caches = collections.defaultdict(kernel.create_binder)
     try:
         yield
     finally:
         driver._active = previous
-        kernel.device_caches = previous_caches
+        for kernel, caches in zip(kernels_, previous_caches):
+            kernel.device_caches = caches
 
 
 @contextlib.contextmanager

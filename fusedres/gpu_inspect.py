@@ -177,7 +177,7 @@ def programs(row):
                                               interpreted=False)
     cout_g = consts["C_out"] // consts["GROUPS"]
     return (triton.cdiv(ints["M"], row.config.block_m) * triton.cdiv(cout_g, row.config.block_n)
-            * consts["GROUPS"])
+            * consts["GROUPS"] * row.config.split_k)
 
 
 def row_record(row, allow_tf32):
@@ -185,7 +185,8 @@ def row_record(row, allow_tf32):
     r, ratio = row.result, issue_per_kfma(row)
     return {
         "geometry": row.spec.describe(), "config": row.config.describe(),
-        "variant": "lean" if row.config.lean_k else "classic",
+        "variant": ("lean" if row.config.lean_k else "classic")
+                   + (f" split-k {row.config.split_k}" if row.config.split_k > 1 else ""),
         "registers": r.registers, "spill_bytes": r.stack_bytes, "shared_bytes": r.shared_bytes,
         "mma": r.tensor_core or "none", "loop_instructions": r.loop_instructions,
         "mma_per_step": r.mma_per_step,

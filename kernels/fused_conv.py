@@ -128,6 +128,7 @@ def conv_bn_act_kernel(
     RELU: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
     INDEX_64: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, LEAN_K: tl.constexpr,
+    SPLIT_K: tl.constexpr = 1,
 ):
     cin_g: tl.constexpr = C_in // GROUPS
     cout_g: tl.constexpr = C_out // GROUPS
@@ -164,6 +165,28 @@ def conv_bn_act_kernel(
     co = group * cout_g + offs_n
     offs_k = tl.arange(0, BLOCK_K)
 
+    # Split-K (SPLIT_K > 1; grids that leave SMs idle, e.g. batch 1): program_id(2) takes one
+    # contiguous slice of the K steps, the main loop's and then the shortcut's, and stores an
+    # fp32 partial tile; split_k_epilogue_kernel sums the slices in a fixed order and runs the
+    # epilogue.  With SPLIT_K == 1 the bounds are the constants they always were.
+    c_steps: tl.constexpr = (cin_g + BLOCK_K - 1) // BLOCK_K
+    main_steps: tl.constexpr = KH * KW * c_steps
+    tl.static_assert(SPLIT_K == 1 or not GATHER_K, "split-K walks the tap-major K loop only")
+    if SPLIT_K == 1:
+        main_lo = 0
+        main_hi = main_steps
+        short_lo = 0
+        short_hi = C_short
+    else:
+        short_steps: tl.constexpr = (C_short + BLOCK_K - 1) // BLOCK_K if HAS_SHORTCUT else 0
+        per_split: tl.constexpr = (main_steps + short_steps + SPLIT_K - 1) // SPLIT_K
+        k_lo = tl.program_id(2) * per_split
+        k_hi = tl.minimum(k_lo + per_split, main_steps + short_steps)
+        main_lo = tl.minimum(k_lo, main_steps)
+        main_hi = tl.minimum(k_hi, main_steps)
+        short_lo = (tl.maximum(k_lo, main_steps) - main_steps) * BLOCK_K
+        short_hi = (tl.maximum(k_hi, main_steps) - main_steps) * BLOCK_K
+
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     # The top-left input pixel of each row's receptive field; a tap adds a scalar to it.
     ih0 = oh * STRIDE - PAD
@@ -190,10 +213,9 @@ def conv_bn_act_kernel(
         # kh, kw and channels: a single software-pipelined loop whose loads stay in flight
         # across taps.  Unrolled per-tap loops (tl.static_range) gave KH*KW pipelined copies,
         # each with its own prologue, and spilled registers at every tile size.
-        c_steps: tl.constexpr = (cin_g + BLOCK_K - 1) // BLOCK_K
         x_base = ((img * H + ih0) * W + iw0) * C_in + group * cin_g
         w_base = offs_k[:, None] * C_out + co[None, :]
-        for step in range(0, KH * KW * c_steps):
+        for step in range(main_lo, main_hi):
             tap = step // c_steps
             c0 = (step % c_steps) * BLOCK_K
             kh = tap // KW
@@ -239,7 +261,7 @@ def conv_bn_act_kernel(
     if HAS_SHORTCUT:
         # 1x1 convolution, stride STRIDE_SHORT, no padding: always inside the image.
         s_off = ((img * HS + oh * STRIDE_SHORT) * WS + ow * STRIDE_SHORT) * C_short
-        for c0 in range(0, C_short, BLOCK_K):
+        for c0 in range(short_lo, short_hi, BLOCK_K):
             c = c0 + offs_k
             c_mask = c < C_short
             a = tl.load(xs_ptr + s_off[:, None] + c[None, :],
@@ -248,16 +270,48 @@ def conv_bn_act_kernel(
                         mask=c_mask[:, None] & n_mask[None, :], other=0.0)
             acc = _accumulate(acc, a, b, DOT_PRECISION, UPCAST_DOT)
 
-    acc += tl.load(bias_ptr + co, mask=n_mask, other=0.0)[None, :]
     out_off = rows[:, None] * C_out + co[None, :]
     out_mask = m_mask[:, None] & n_mask[None, :]
+    if SPLIT_K > 1:
+        # out_ptr is the fp32 workspace [SPLIT_K, M, C_out] (small: split-K runs on small M).
+        tl.store(out_ptr + tl.program_id(2) * M * C_out + out_off, acc, mask=out_mask)
+    else:
+        acc += tl.load(bias_ptr + co, mask=n_mask, other=0.0)[None, :]
+        if HAS_RESIDUAL:
+            acc += tl.load(res_ptr + out_off, mask=out_mask, other=0.0).to(tl.float32)
+        if RELU:
+            # torch.relu keeps NaN; a plain maximum (and PTX max) would turn it into 0 and
+            # hide an overflow.
+            acc = tl.maximum(acc, 0.0, propagate_nan=tl.PropagateNan.ALL)
+        tl.store(out_ptr + out_off, acc.to(out_ptr.dtype.element_ty), mask=out_mask)
+
+
+@triton.jit
+def split_k_epilogue_kernel(
+    part_ptr,   # [SPLIT_K, M, C_out] fp32  partial sums from conv_bn_act_kernel
+    bias_ptr,   # [C_out] fp32
+    res_ptr,    # [M, C_out]                residual (if HAS_RESIDUAL)
+    out_ptr,    # [M, C_out]                output (NHWC: M = N*OH*OW rows)
+    M,
+    C_out: tl.constexpr, SPLIT_K: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+    RELU: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """The split-K reduction and the epilogue: the slices are summed in their order (so the
+    result does not depend on which program finished first), then bias, residual, ReLU,
+    exactly as conv_bn_act_kernel's own epilogue."""
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask = (offs_m < M)[:, None] & (offs_n < C_out)[None, :]
+    off = offs_m[:, None] * C_out + offs_n[None, :]
+    acc = tl.load(part_ptr + off, mask=mask, other=0.0)
+    for s in tl.static_range(1, SPLIT_K):
+        acc += tl.load(part_ptr + s * M * C_out + off, mask=mask, other=0.0)
+    acc += tl.load(bias_ptr + offs_n, mask=offs_n < C_out, other=0.0)[None, :]
     if HAS_RESIDUAL:
-        acc += tl.load(res_ptr + out_off, mask=out_mask, other=0.0).to(tl.float32)
+        acc += tl.load(res_ptr + off, mask=mask, other=0.0).to(tl.float32)
     if RELU:
-        # torch.relu keeps NaN; a plain maximum (and PTX max) would turn it into 0 and hide an
-        # overflow.
         acc = tl.maximum(acc, 0.0, propagate_nan=tl.PropagateNan.ALL)
-    tl.store(out_ptr + out_off, acc.to(out_ptr.dtype.element_ty), mask=out_mask)
+    tl.store(out_ptr + off, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 def configs_for(element_size):
@@ -281,11 +335,65 @@ def _uses_classic(consts):
     return consts["PAD"] > 0 and not consts["GATHER_K"]
 
 
-def candidates(consts, element_size):
+def candidates(consts, element_size, m=None):
     """Every config the tuner times for a launch: each tile with the lean K loop and, for
-    padded tap-major convolutions, each tile with the first design's loop too."""
+    padded tap-major convolutions, each tile with the first design's loop too; when ``m``
+    (the launch's M) leaves the GPU's SMs idle, the small tiles with split-K as well."""
     size = 4 if element_size == 4 else 2
-    return _LEAN[size] + (_CLASSIC[size] if _uses_classic(consts) else [])
+    listed = _LEAN[size] + (_CLASSIC[size] if _uses_classic(consts) else [])
+    return listed + ([] if m is None else split_k_candidates(m, consts, size))
+
+
+# Split-K: a launch with fewer tiles than the GPU has SMs (batch 1: layer4 runs 8 programs on
+# an H100/H200's 132) splits its K steps over this many programs per tile, at most, keeping
+# at least MIN_SPLIT_STEPS steps per slice.
+_SMS = 132
+MIN_SPLIT_STEPS = 2
+# The tiles that get a split-K candidate: the small ones (M is small whenever the grid is).
+_SPLIT_TILES = {2: [(64, 64, 64, 4, 3), (64, 128, 64, 4, 4)],
+                4: [(64, 64, 32, 4, 4), (64, 128, 32, 4, 4)]}
+
+
+def k_steps(consts, block_k):
+    """The K steps one tile walks: every tap's channel blocks, then the shortcut's."""
+    cin_g = consts["C_in"] // consts["GROUPS"]
+    steps = consts["KH"] * consts["KW"] * triton.cdiv(cin_g, block_k)
+    return steps + (triton.cdiv(consts["C_short"], block_k) if consts["HAS_SHORTCUT"] else 0)
+
+
+def even_split(steps, split):
+    """The number of slices of ``cdiv(steps, split)`` steps that cover ``steps`` (the kernel's
+    slicing): ``split`` or fewer, never an empty slice."""
+    split = max(1, min(split, steps))
+    return triton.cdiv(steps, triton.cdiv(steps, split))
+
+
+def split_k_for(m, consts, block_m, block_n, block_k):
+    """How many slices split-K cuts K into for this tile: the fewest that bring tiles x slices
+    to the SM count, unless a slice would then hold fewer than MIN_SPLIT_STEPS steps (then as
+    many as that allows); 1 (no split) for grids that fill the GPU already and for the
+    flattened (gathered) K walk."""
+    if consts["GATHER_K"]:
+        return 1
+    cout_g = consts["C_out"] // consts["GROUPS"]
+    tiles = triton.cdiv(m, block_m) * triton.cdiv(cout_g, block_n) * consts["GROUPS"]
+    if tiles >= _SMS:
+        return 1
+    steps = k_steps(consts, block_k)
+    per_slice = max(MIN_SPLIT_STEPS, steps // triton.cdiv(_SMS, tiles))
+    return triton.cdiv(steps, per_slice) if steps >= 2 * MIN_SPLIT_STEPS else 1
+
+
+def split_k_candidates(m, consts, element_size):
+    """The split-K configs for a launch of M = ``m`` (empty when its grid fills the GPU)."""
+    configs = []
+    for bm, bn, bk, warps, stages in _SPLIT_TILES[4 if element_size == 4 else 2]:
+        split = split_k_for(m, consts, bm, bn, bk)
+        if split > 1:
+            configs.append(triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk,
+                                          "LEAN_K": True, "SPLIT_K": split},
+                                         num_warps=warps, num_stages=stages))
+    return configs
 
 
 def default_config(m, consts, element_size):
@@ -322,6 +430,16 @@ def interpreter_config(cin_g, cout_g, m, gather_k, k_total):
 
 # Which K loop the interpreter runs; the tests run both.
 INTERPRETER_LEAN_K = True
+# Split-K under the interpreter: at most this many slices (1: none); the tests set it.  With
+# a split the interpreter's BLOCK_K drops to 16, so that even 1x1 layers have steps to split.
+INTERPRETER_SPLIT_K = 1
+
+
+def _interpreter_split(config, consts):
+    if INTERPRETER_SPLIT_K == 1 or consts["GATHER_K"]:
+        return config
+    config = dict(config, BLOCK_K=16)
+    return dict(config, SPLIT_K=even_split(k_steps(consts, 16), INTERPRETER_SPLIT_K))
 
 
 def _check_activation(name, t, device, dtype):
@@ -498,16 +616,42 @@ def conv_bn_act(x, weight, bias, *, kernel_size, stride=1, padding=0, dilation=1
             *ints.values())
 
     def launch(config):
-        grid = (triton.cdiv(m, config.kwargs["BLOCK_M"]) * triton.cdiv(cout_g, config.kwargs["BLOCK_N"]),
-                groups)
-        conv_bn_act_kernel[grid](*args, **consts, **autotune.launch_options(config))
+        block_m, block_n = config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"]
+        grid = (triton.cdiv(m, block_m) * triton.cdiv(cout_g, block_n), groups)
+        split = config.kwargs.get("SPLIT_K", 1)
+        if split == 1:
+            conv_bn_act_kernel[grid](*args, **consts, **autotune.launch_options(config))
+            return
+        # Split-K: partial sums into an fp32 workspace, then one small reduce + epilogue.
+        part = torch.empty((split, m, c_out), device=device, dtype=torch.float32)
+        conv_bn_act_kernel[grid + (split,)](*args[:6], part, *args[7:], **consts,
+                                            **autotune.launch_options(config))
+        _split_k_epilogue(part, bias, residual, out, m, consts)
 
     if INTERPRETED:
-        launch(triton.Config(interpreter_config(cin_g, cout_g, m, consts["GATHER_K"],
-                                                kh * kw * cin_g)))
+        launch(triton.Config(_interpreter_split(
+            interpreter_config(cin_g, cout_g, m, consts["GATHER_K"], kh * kw * cin_g), consts)))
     else:
         launch(choose_config(ints, consts, dtype, launch, device))
     return out
+
+
+def _split_k_epilogue_blocks(m, c_out):
+    """(BLOCK_M, BLOCK_N) of the split-K epilogue: small row blocks on a GPU, where M is small
+    and the reduction wants many programs; the whole tensor in few programs when interpreted."""
+    block_n = min(128, max(16, triton.next_power_of_2(c_out)))
+    block_m = min(128, max(16, triton.next_power_of_2(m))) if INTERPRETED else 16
+    return block_m, block_n
+
+
+def _split_k_epilogue(part, bias, residual, out, m, consts):
+    c_out = consts["C_out"]
+    block_m, block_n = _split_k_epilogue_blocks(m, c_out)
+    grid = (triton.cdiv(m, block_m), triton.cdiv(c_out, block_n))
+    split_k_epilogue_kernel[grid](
+        part, bias, residual if residual is not None else out, out, m, C_out=c_out,
+        SPLIT_K=part.shape[0], HAS_RESIDUAL=consts["HAS_RESIDUAL"], RELU=consts["RELU"],
+        BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4)
 
 
 def choose_config(ints, consts, dtype, launch, device):
@@ -517,8 +661,8 @@ def choose_config(ints, consts, dtype, launch, device):
     element_size = dtype.itemsize
     if not autotune.enabled():
         return default_config(ints["M"], consts, element_size)
-    return _TUNER.pick(tuning_key(ints, consts, dtype), candidates(consts, element_size),
-                       launch, device)
+    return _TUNER.pick(tuning_key(ints, consts, dtype),
+                       candidates(consts, element_size, ints["M"]), launch, device)
 
 
 def tuning_key(ints, consts, dtype):
@@ -535,8 +679,18 @@ def compile_ahead(ints, consts, dtype, config):
     """Compile, without launching or allocating, the kernel that ``conv_bn_act`` launches for
     these scalars with ``config``: Triton's own JIT warm-up, so the cache key is the launch's
     (mock pointers of the right dtypes stand in for the tensors; PyTorch's allocations are
-    16-byte aligned, as the mocks claim).  Returns Triton's compiled kernel (None when a
+    16-byte aligned, as the mocks claim).  A split-K config writes an fp32 workspace and also
+    warms its epilogue kernel.  Returns Triton's compiled convolution kernel (None when a
     ``jit_cache_hook`` skipped the compile)."""
-    pointers = (dtype, dtype, torch.float32, dtype, dtype, dtype, dtype)
-    return conv_bn_act_kernel.warmup(*pointers, *ints.values(), **consts,
-                                      **autotune.launch_options(config), grid=(1,))
+    split = config.kwargs.get("SPLIT_K", 1)
+    out = torch.float32 if split > 1 else dtype
+    pointers = (dtype, dtype, torch.float32, dtype, dtype, dtype, out)
+    compiled = conv_bn_act_kernel.warmup(*pointers, *ints.values(), **consts,
+                                         **autotune.launch_options(config), grid=(1,))
+    if split > 1:
+        block_m, block_n = _split_k_epilogue_blocks(ints["M"], consts["C_out"])
+        split_k_epilogue_kernel.warmup(
+            torch.float32, torch.float32, dtype, dtype, ints["M"], C_out=consts["C_out"],
+            SPLIT_K=split, HAS_RESIDUAL=consts["HAS_RESIDUAL"], RELU=consts["RELU"],
+            BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4, grid=(1,))
+    return compiled

@@ -94,6 +94,111 @@ def k_loop(request, monkeypatch):
     return lean
 
 
+@pytest.fixture
+def split_k(monkeypatch):
+    """Runs a test with split-K: under the interpreter up to 3 slices of BLOCK_K=16 steps, on
+    a GPU the default tile cut into up to 3 slices.  Yields the slice count of every split
+    launch (each runs the split-K epilogue kernel once), so a test can check that K was
+    really split."""
+    monkeypatch.setattr(kernel_module, "INTERPRETER_SPLIT_K", 3)
+    default = kernel_module.choose_config
+
+    def forced(ints, consts, dtype, launch, device):
+        config = default(ints, consts, dtype, launch, device)
+        steps = kernel_module.k_steps(consts, config.kwargs["BLOCK_K"])
+        return triton.Config({**config.kwargs, "LEAN_K": True,
+                              "SPLIT_K": kernel_module.even_split(steps, 3)},
+                             num_warps=config.num_warps, num_stages=config.num_stages)
+
+    monkeypatch.setattr(kernel_module, "choose_config", forced)
+    slices = []
+    epilogue = kernel_module._split_k_epilogue
+
+    def counting(part, *args):
+        slices.append(part.shape[0])
+        return epilogue(part, *args)
+
+    monkeypatch.setattr(kernel_module, "_split_k_epilogue", counting)
+    return slices
+
+
+# Every geometry that walks K tap by tap (split-K does not apply to the gathered walk).
+TAP_MAJOR = [g for g in GEOMETRIES if g[2] // g[10] >= kernel_module.GATHER_K_BELOW]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("geometry", TAP_MAJOR, ids=[g[0] for g in TAP_MAJOR])
+@pytest.mark.parametrize("epilogue", ["residual+relu", "none"])
+def test_split_k_matches_float64(geometry, dtype, epilogue, split_k):
+    _, n, c_in, h, w, c_out, kernel, stride, padding, dilation, groups = geometry
+    if groups > 1 and dtype != torch.float16:
+        pytest.skip("grouped geometries: fp16 only (the interpreter is slow on them)")
+    x, weight, bias = _operands(n, c_in, h, w, c_out, kernel, groups, dtype)
+    relu = epilogue != "none"
+    ref = _reference(x, weight, bias, stride, padding, dilation, groups, relu=False)
+    residual = torch.randn_like(ref).to(dtype) if "residual" in epilogue else None
+    ref = _reference(x, weight, bias, stride, padding, dilation, groups, residual, relu=relu)
+    out = _launch(x, weight, bias, kernel=kernel, stride=stride, padding=padding,
+                  dilation=dilation, groups=groups, relu=relu, residual=residual)
+    assert len(split_k) == 1 and split_k[0] > 1
+    assert_close_to_reference(out, ref, rel_tol(dtype), f"split-K {geometry[0]} {dtype}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("main,shortcut_geometry", [
+    ((1, 128, 5, 5, 512, 1, 1, 0, 1), (256, 9, 9, 2)),
+    ((2, 128, 5, 4, 128, 3, 1, 1, 1), (64, 10, 8, 2)),
+    ((1, 64, 7, 7, 256, 1, 1, 0, 1), (64, 7, 7, 1)),
+], ids=["bottleneck", "basic", "stride1"])
+def test_split_k_with_shortcut_matches_float64(main, shortcut_geometry, dtype, split_k):
+    # The slices cover the main loop's steps and then the shortcut's: some slice holds both.
+    n, c_in, h, w, c_out, kernel, stride, padding, groups = main
+    c_s, hs, ws_, stride_s = shortcut_geometry
+    x, weight, bias = _operands(n, c_in, h, w, c_out, kernel, groups, dtype)
+    xs = torch.randn(n, c_s, hs, ws_, device=DEVICE).to(dtype)
+    w_short = (torch.randn(c_out, c_s, 1, 1, device=DEVICE) / c_s ** 0.5).to(dtype)
+    ref = _reference(x, weight, bias, stride, padding, 1, groups, shortcut=(xs, w_short, stride_s))
+    out = _launch(x, weight, bias, kernel=kernel, stride=stride, padding=padding, dilation=1,
+                  groups=groups, relu=True, shortcut=(xs, w_short, stride_s))
+    assert len(split_k) == 1 and split_k[0] > 1
+    assert_close_to_reference(out, ref, rel_tol(dtype), f"split-K shortcut {dtype}")
+
+
+def test_split_k_is_deterministic(split_k):
+    x, weight, bias = _operands(1, 64, 7, 7, 128, 3, 1, torch.float16)
+    first = _launch(x, weight, bias, kernel=3, stride=1, padding=1, dilation=1, groups=1,
+                    relu=True)
+    second = _launch(x, weight, bias, kernel=3, stride=1, padding=1, dilation=1, groups=1,
+                     relu=True)
+    assert split_k == [3, 3] and torch.equal(first, second)
+
+
+@pytest.mark.parametrize("model", ["resnet18", "resnet50"])
+def test_split_k_candidates_fill_the_gpu_at_batch_1(model):
+    """Batch 1's layer3/layer4 get split-K candidates that launch about one program per SM
+    (at least 128 of the 132); batch 256 gets none; the slices never hold an empty step."""
+    from fusedres import gpu_inspect
+    for batch in (1, 256):
+        for spec in gpu_inspect.specialisations(model, torch.float16, batch):
+            ints, consts = kernel_module.launch_scalars(**spec._asdict(), allow_tf32=False,
+                                                        interpreted=False)
+            split = kernel_module.split_k_candidates(ints["M"], consts, 2)
+            assert len(kernel_module.candidates(consts, 2, ints["M"])) <= 14
+            if batch == 256 or consts["GATHER_K"]:
+                assert split == []
+                continue
+            for config in split:
+                kw = config.kwargs
+                steps = kernel_module.k_steps(consts, kw["BLOCK_K"])
+                per_slice = triton.cdiv(steps, kw["SPLIT_K"])
+                assert per_slice >= kernel_module.MIN_SPLIT_STEPS
+                assert (kw["SPLIT_K"] - 1) * per_slice < steps  # the last slice is not empty
+            if consts["OH"] <= 14:  # layer3 and layer4
+                assert max(triton.cdiv(ints["M"], c.kwargs["BLOCK_M"])
+                           * triton.cdiv(spec.c_out, c.kwargs["BLOCK_N"]) * c.kwargs["SPLIT_K"]
+                           for c in split) >= 128, spec.describe()
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("geometry", GEOMETRIES, ids=[g[0] for g in GEOMETRIES])
 @pytest.mark.parametrize("epilogue", ["relu", "residual+relu", "none"])
@@ -359,6 +464,16 @@ def test_tf32_follows_cudnn_through_either_api(setting, expected):
 
 @pytest.mark.parametrize("where", ["input", "shortcut input", "residual", "padding border"])
 def test_nan_and_inf_land_where_the_reference_puts_them(where, k_loop):
+    _check_nan_and_inf(where)
+
+
+@pytest.mark.parametrize("where", ["input", "shortcut input", "residual", "padding border"])
+def test_nan_and_inf_land_where_the_reference_puts_them_with_split_k(where, split_k):
+    _check_nan_and_inf(where)
+    assert len(split_k) == 1 and split_k[0] > 1
+
+
+def _check_nan_and_inf(where):
     # Masked loads fill with 0 only outside the tensors (padding, partial tiles): a real NaN or
     # Inf in any operand must reach the output, and padding must not create one.
     x, weight, bias = _operands(1, 64, 7, 6, 128, 3, 1, torch.float32)
