@@ -48,19 +48,22 @@ class TileConfig(NamedTuple):
     num_stages: int
     lean_k: bool = True  # the K loop: lean, or the first design (kernels/fused_conv.py)
     split_k: int = 1     # K slices per tile (split-K), 1 for none
+    tma: bool = False    # tiles by TMA (1x1 stride-1 on sm_90)
 
     @classmethod
     def from_triton(cls, config: triton.Config) -> "TileConfig":
         kw = config.kwargs
         return cls(kw["BLOCK_M"], kw["BLOCK_N"], kw["BLOCK_K"], config.num_warps,
-                   config.num_stages, kw.get("LEAN_K", True), kw.get("SPLIT_K", 1))
+                   config.num_stages, kw.get("LEAN_K", True), kw.get("SPLIT_K", 1),
+                   kw.get("USE_TMA", False))
 
     def to_triton(self) -> triton.Config:
-        # SPLIT_K only when set: the kernel's default, so that unsplit configs launch (and
-        # are cached) exactly as before split-K existed.
-        split = {"SPLIT_K": self.split_k} if self.split_k != 1 else {}
+        # SPLIT_K and USE_TMA only when set: the kernel's defaults otherwise, so that the
+        # other configs launch (and are cached) exactly as before these variants existed.
+        extra = {"SPLIT_K": self.split_k} if self.split_k != 1 else {}
+        extra.update({"USE_TMA": True} if self.tma else {})
         return triton.Config({"BLOCK_M": self.block_m, "BLOCK_N": self.block_n,
-                              "BLOCK_K": self.block_k, "LEAN_K": self.lean_k, **split},
+                              "BLOCK_K": self.block_k, "LEAN_K": self.lean_k, **extra},
                              num_warps=self.num_warps, num_stages=self.num_stages)
 
     def describe(self) -> str:
@@ -96,8 +99,10 @@ class CompileResult:
     tma: Optional[bool] = None
 
 
-def candidate_configs(spec: LaunchSpec, autotuning: Optional[bool] = None):
-    """The configs a launch of ``spec`` may use: the tuner's candidates, or only the
+def candidate_configs(spec: LaunchSpec, autotuning: Optional[bool] = None,
+                      arch: Optional[int] = None):
+    """The configs a launch of ``spec`` may use on ``arch`` (80, 90; None: the candidates of
+    every architecture but the sm_90-only ones): the tuner's candidates, or only the
     heuristic default when autotuning is off."""
     element_size = torch.empty((), dtype=spec.dtype).element_size()
     if autotuning is None:
@@ -105,7 +110,7 @@ def candidate_configs(spec: LaunchSpec, autotuning: Optional[bool] = None):
     ints, consts = _scalars(spec, allow_tf32=False)
     if autotuning:
         return [TileConfig.from_triton(c)
-                for c in conv_kernel.candidates(consts, element_size, ints["M"])]
+                for c in conv_kernel.candidates(consts, element_size, ints["M"], arch)]
     return [TileConfig.from_triton(conv_kernel.default_config(ints["M"], consts, element_size))]
 
 

@@ -52,9 +52,9 @@ def specialisations(model_name, dtype, batch=256, size=(224, 224)):
     return trace.unique(trace.trace_launches(model, batch, size, dtype))
 
 
-def candidate_configs(spec):
-    """Every config the tuner could pick for ``spec`` (inspect checks them all)."""
-    return aot.candidate_configs(spec, autotuning=True)
+def candidate_configs(spec, arch=None):
+    """Every config the tuner could pick for ``spec`` on ``arch`` (inspect checks them all)."""
+    return aot.candidate_configs(spec, autotuning=True, arch=arch)
 
 
 def uses_tensor_cores(spec, allow_tf32):
@@ -149,7 +149,7 @@ def inspect_model(model_name, dtype, arch, batch=256, size=(224, 224), allow_tf3
     if allow_tf32 is None:
         allow_tf32 = cudnn_allows_tf32()
     pairs = [(spec, config) for spec in specialisations(model_name, dtype, batch, size)
-             for config in candidate_configs(spec)]
+             for config in candidate_configs(spec, arch)]
     jobs = [Job(spec, config, arch, allow_tf32) for spec, config in pairs]
     results = compile_jobs(jobs, workers, progress)
     return [Row(spec, config, arch, result) for (spec, config), result in zip(pairs, results)]
@@ -186,7 +186,8 @@ def row_record(row, allow_tf32):
     return {
         "geometry": row.spec.describe(), "config": row.config.describe(),
         "variant": ("lean" if row.config.lean_k else "classic")
-                   + (f" split-k {row.config.split_k}" if row.config.split_k > 1 else ""),
+                   + (f" split-k {row.config.split_k}" if row.config.split_k > 1 else "")
+                   + (" tma" if row.config.tma else ""),
         "registers": r.registers, "spill_bytes": r.stack_bytes, "shared_bytes": r.shared_bytes,
         "mma": r.tensor_core or "none", "loop_instructions": r.loop_instructions,
         "mma_per_step": r.mma_per_step,
@@ -211,7 +212,7 @@ def best_per_geometry(rows, allow_tf32):
 
 def format_table(rows, allow_tf32):
     header = ("geometry", "config", "regs", "stack", "shared", "mma", "loop", "issue/kFMA",
-              "serial", "programs", "compile", "status")
+              "serial", "tma", "programs", "compile", "status")
     lines = [header]
     for row in rows:
         r = row.result
@@ -224,6 +225,7 @@ def format_table(rows, allow_tf32):
             "-" if r.loop_instructions is None else f"{r.loop_instructions:.0f}",
             "-" if ratio is None else f"{ratio:.2f}",
             {True: "yes", False: "no"}.get(r.serialised_mma, "-"),
+            {True: "yes", False: "no"}.get(r.tma, "-"),
             str(programs(row)),
             "cached" if r.cached else f"{r.seconds:.1f}s",
             "ok" if not problems else "FAIL: " + "; ".join(problems),

@@ -128,7 +128,7 @@ def conv_bn_act_kernel(
     RELU: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
     INDEX_64: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, LEAN_K: tl.constexpr,
-    SPLIT_K: tl.constexpr = 1,
+    SPLIT_K: tl.constexpr = 1, USE_TMA: tl.constexpr = False,
 ):
     cin_g: tl.constexpr = C_in // GROUPS
     cout_g: tl.constexpr = C_out // GROUPS
@@ -187,6 +187,19 @@ def conv_bn_act_kernel(
         short_lo = (tl.maximum(k_lo, main_steps) - main_steps) * BLOCK_K
         short_hi = (tl.maximum(k_hi, main_steps) - main_steps) * BLOCK_K
 
+    if USE_TMA:
+        # A 1x1 stride-1 convolution over NHWC is a plain GEMM: activations [M, C_in], weights
+        # [C_in, C_out].  Tiles arrive by TMA (sm_90); its zero fill past the tensor's end
+        # replaces the row and channel masks.  Needs 16-byte aligned bases and row strides
+        # (the launcher checks the bases) and, on a GPU, triton.set_allocator for the
+        # descriptors' global scratch.
+        tl.static_assert(KH == 1 and KW == 1 and STRIDE == 1 and PAD == 0 and GROUPS == 1,
+                         "TMA tiles: 1x1 stride-1 ungrouped convolutions only")
+        x_desc = tl.make_tensor_descriptor(x_ptr, shape=[M, C_in], strides=[C_in, 1],
+                                           block_shape=[BLOCK_M, BLOCK_K])
+        w_desc = tl.make_tensor_descriptor(w_ptr, shape=[C_in, C_out], strides=[C_out, 1],
+                                           block_shape=[BLOCK_K, BLOCK_N])
+
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     # The top-left input pixel of each row's receptive field; a tap adds a scalar to it.
     ih0 = oh * STRIDE - PAD
@@ -220,7 +233,10 @@ def conv_bn_act_kernel(
             c0 = (step % c_steps) * BLOCK_K
             kh = tap // KW
             kw = tap % KW
-            if LEAN_K:
+            if USE_TMA:
+                a = x_desc.load([pid_m * BLOCK_M, c0])
+                b = w_desc.load([c0, pid_n * BLOCK_N])
+            elif LEAN_K:
                 if PAD == 0:
                     # Without padding every tap of a valid output pixel is inside the image.
                     row_mask = m_mask
@@ -335,13 +351,43 @@ def _uses_classic(consts):
     return consts["PAD"] > 0 and not consts["GATHER_K"]
 
 
-def candidates(consts, element_size, m=None):
+def candidates(consts, element_size, m=None, arch=None):
     """Every config the tuner times for a launch: each tile with the lean K loop and, for
     padded tap-major convolutions, each tile with the first design's loop too; when ``m``
-    (the launch's M) leaves the GPU's SMs idle, the small tiles with split-K as well."""
+    (the launch's M) leaves the GPU's SMs idle, the small tiles with split-K as well; on
+    ``arch`` 90 and newer (sm_90), a TMA tile for 1x1 stride-1 convolutions."""
     size = 4 if element_size == 4 else 2
     listed = _LEAN[size] + (_CLASSIC[size] if _uses_classic(consts) else [])
-    return listed + ([] if m is None else split_k_candidates(m, consts, size))
+    if m is not None:
+        listed = listed + split_k_candidates(m, consts, size)
+    if arch is not None and arch >= 90:
+        listed = listed + tma_candidates(consts, size)
+    return listed
+
+
+def uses_tma(consts, element_size):
+    """Whether a launch can take TMA tiles: a 1x1 stride-1 ungrouped convolution (a plain
+    GEMM over NHWC) in fp16/bf16 whose row strides (C_in, C_out elements) are multiples of
+    16 bytes.  fp32 stays on the pointer path (fewer compiles; it is not the fast dtype)."""
+    return (element_size == 2 and (consts["KH"], consts["KW"], consts["STRIDE"], consts["PAD"],
+                                   consts["GROUPS"]) == (1, 1, 1, 0, 1)
+            and not consts["GATHER_K"] and not consts["INDEX_64"]
+            and consts["C_in"] * element_size % 16 == 0
+            and consts["C_out"] * element_size % 16 == 0)
+
+
+def tma_candidates(consts, element_size):
+    """One TMA config for a launch that can take it: the 128x128x64 tile with 8 warps, or
+    128x64x64 with 4 warps where C_out is 64 (a 128-wide tile would be half empty)."""
+    if not uses_tma(consts, element_size):
+        return []
+    if consts["C_out"] >= 128:
+        tile, warps, stages = (128, 128, 64), 8, 3
+    else:
+        tile, warps, stages = (128, 64, 64), 4, 4
+    return [triton.Config({"BLOCK_M": tile[0], "BLOCK_N": tile[1], "BLOCK_K": tile[2],
+                           "LEAN_K": True, "USE_TMA": True},
+                          num_warps=warps, num_stages=stages)]
 
 
 # Split-K: a launch with fewer tiles than the GPU has SMs (batch 1: layer4 runs 8 programs on
@@ -435,7 +481,14 @@ INTERPRETER_LEAN_K = True
 INTERPRETER_SPLIT_K = 1
 
 
-def _interpreter_split(config, consts):
+# TMA tiles under the interpreter where a launch can take them (the tests set it).
+INTERPRETER_TMA = False
+
+
+def _interpreter_variant(config, consts, element_size):
+    """The interpreter's config with the variants the tests switch on."""
+    if INTERPRETER_TMA and uses_tma(consts, element_size):
+        config = dict(config, USE_TMA=True)
     if INTERPRETER_SPLIT_K == 1 or consts["GATHER_K"]:
         return config
     config = dict(config, BLOCK_K=16)
@@ -616,6 +669,8 @@ def conv_bn_act(x, weight, bias, *, kernel_size, stride=1, padding=0, dilation=1
             *ints.values())
 
     def launch(config):
+        if config.kwargs.get("USE_TMA") and not _tma_ready(x, weight):
+            config = _without_tma(config)
         block_m, block_n = config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"]
         grid = (triton.cdiv(m, block_m) * triton.cdiv(cout_g, block_n), groups)
         split = config.kwargs.get("SPLIT_K", 1)
@@ -629,11 +684,32 @@ def conv_bn_act(x, weight, bias, *, kernel_size, stride=1, padding=0, dilation=1
         _split_k_epilogue(part, bias, residual, out, m, consts)
 
     if INTERPRETED:
-        launch(triton.Config(_interpreter_split(
-            interpreter_config(cin_g, cout_g, m, consts["GATHER_K"], kh * kw * cin_g), consts)))
+        launch(triton.Config(_interpreter_variant(
+            interpreter_config(cin_g, cout_g, m, consts["GATHER_K"], kh * kw * cin_g), consts,
+            dtype.itemsize)))
     else:
         launch(choose_config(ints, consts, dtype, launch, device))
     return out
+
+
+def _tma_ready(x, weight):
+    """TMA descriptors need 16-byte aligned bases (a view into a larger tensor may not be);
+    on a GPU, Triton also needs an allocator for the descriptors' scratch (set here: a
+    ContextVar in Triton, so each thread needs its own)."""
+    if x.data_ptr() % 16 or weight.data_ptr() % 16:
+        return False
+    if not INTERPRETED:
+        triton.set_allocator(_tma_scratch)
+    return True
+
+
+def _tma_scratch(size, alignment, stream):
+    return torch.empty(size, dtype=torch.int8, device="cuda")
+
+
+def _without_tma(config):
+    kwargs = {k: v for k, v in config.kwargs.items() if k != "USE_TMA"}
+    return triton.Config(kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
 
 
 def _split_k_epilogue_blocks(m, c_out):
@@ -661,8 +737,25 @@ def choose_config(ints, consts, dtype, launch, device):
     element_size = dtype.itemsize
     if not autotune.enabled():
         return default_config(ints["M"], consts, element_size)
-    return _TUNER.pick(tuning_key(ints, consts, dtype),
-                       candidates(consts, element_size, ints["M"]), launch, device)
+    key = tuning_key(ints, consts, dtype)
+    # The candidate list per key and device, built once: this runs on every launch.
+    configs = _CANDIDATES.get((device, key))
+    if configs is None:
+        configs = _CANDIDATES.setdefault((device, key), candidates(
+            consts, element_size, ints["M"], _arch(device)))
+    return _TUNER.pick(key, configs, launch, device)
+
+
+_CANDIDATES = {}
+
+
+def _arch(device):
+    """90 for sm_90, 80 for sm_80, ...; None off CUDA."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    major, minor = torch.cuda.get_device_capability(device)
+    return major * 10 + minor
 
 
 def tuning_key(ints, consts, dtype):

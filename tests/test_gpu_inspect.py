@@ -42,7 +42,7 @@ def compiled_cases():
     jobs = [gpu_inspect.Job(spec, config, gpu_inspect.ARCHES[arch], allow_tf32)
             for model, dtype, arch in CASES
             for spec in gpu_inspect.specialisations(model, gpu_inspect.DTYPES[dtype])
-            for config in gpu_inspect.candidate_configs(spec)]
+            for config in gpu_inspect.candidate_configs(spec, gpu_inspect.ARCHES[arch])]
     gpu_inspect.compile_jobs(jobs)
 
 
@@ -84,7 +84,7 @@ def test_a_spilling_config_is_reported(monkeypatch, capsys):
     assert any(p.startswith("shared memory") for p in problems)
 
     monkeypatch.setattr(gpu_inspect, "specialisations", lambda *args: [spec])
-    monkeypatch.setattr(gpu_inspect, "candidate_configs", lambda spec: [BAD_CONFIG])
+    monkeypatch.setattr(gpu_inspect, "candidate_configs", lambda spec, arch=None: [BAD_CONFIG])
     assert gpu_inspect.run(_parse("--model", "resnet18", "--dtype", "float32",
                                   "--arch", "sm_80")) == 1
     out = capsys.readouterr().out
@@ -131,7 +131,7 @@ def test_warmup_cli_compiles_every_candidate(compiled_cases, capsys):
                      "--arch", "sm_90"]) == 0
     specs = gpu_inspect.specialisations("resnet18", torch.float16)
     geometries = len(specs)
-    compiles = sum(len(gpu_inspect.candidate_configs(spec)) for spec in specs)
+    compiles = sum(len(gpu_inspect.candidate_configs(spec, 90)) for spec in specs)
     assert f"compiled {compiles} kernels for {geometries} geometries" in capsys.readouterr().out
 
 

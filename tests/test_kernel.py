@@ -173,6 +173,110 @@ def test_split_k_is_deterministic(split_k):
     assert split_k == [3, 3] and torch.equal(first, second)
 
 
+@pytest.fixture
+def tma(monkeypatch):
+    """Runs a test with TMA tiles where a launch can take them: under the interpreter through
+    its config, on an sm_90 GPU by forcing the TMA candidate.  Yields one entry per launch
+    that ran them."""
+    monkeypatch.setattr(kernel_module, "INTERPRETER_TMA", True)
+    if DEVICE.type == "cuda":
+        if torch.cuda.get_device_capability()[0] < 9:
+            pytest.skip("TMA needs sm_90")
+
+        def forced(ints, consts, dtype, launch, device):
+            return kernel_module.tma_candidates(consts, dtype.itemsize)[0]
+
+        monkeypatch.setattr(kernel_module, "choose_config", forced)
+    used = []
+    ready = kernel_module._tma_ready
+
+    def recording(x, weight):
+        result = ready(x, weight)
+        if result:
+            used.append(1)
+        return result
+
+    monkeypatch.setattr(kernel_module, "_tma_ready", recording)
+    return used
+
+
+# The 1x1 stride-1 geometries, which can take TMA tiles; the last has channel counts that
+# are not powers of two (tiles past the tensor's end are zero-filled by TMA).
+ONE_BY_ONE = [g for g in GEOMETRIES if g[6] == 1 and g[7] == 1] + [
+    ("1x1/s1 odd channels", 2, 72, 5, 5, 40, 1, 1, 0, 1, 1)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("geometry", ONE_BY_ONE, ids=[g[0] for g in ONE_BY_ONE])
+@pytest.mark.parametrize("epilogue", ["residual+relu", "none"])
+def test_tma_matches_float64(geometry, dtype, epilogue, tma):
+    _, n, c_in, h, w, c_out, kernel, stride, padding, dilation, groups = geometry
+    x, weight, bias = _operands(n, c_in, h, w, c_out, kernel, groups, dtype)
+    relu = epilogue != "none"
+    ref = _reference(x, weight, bias, stride, padding, dilation, groups, relu=False)
+    residual = torch.randn_like(ref).to(dtype) if "residual" in epilogue else None
+    ref = _reference(x, weight, bias, stride, padding, dilation, groups, residual, relu=relu)
+    out = _launch(x, weight, bias, kernel=kernel, stride=stride, padding=padding,
+                  dilation=dilation, groups=groups, relu=relu, residual=residual)
+    assert tma == [1]
+    assert_close_to_reference(out, ref, rel_tol(dtype), f"TMA {geometry[0]} {dtype}")
+
+
+@pytest.mark.parametrize("where", ["input", "shortcut input", "residual"])
+def test_tma_with_shortcut_keeps_nan_and_inf(where, tma):
+    # Layer1's first Bottleneck: 1x1/s1 main convolution (TMA) with a 1x1/s1 shortcut.
+    x, weight, bias = _operands(1, 64, 7, 6, 256, 1, 1, torch.float16)
+    xs = torch.randn(1, 64, 7, 6, device=DEVICE).to(torch.float16)
+    w_short = (torch.randn(256, 64, 1, 1, device=DEVICE) / 8).to(torch.float16)
+    residual = torch.randn(1, 256, 7, 6, device=DEVICE).to(torch.float16)
+    if where == "input":
+        x[0, 5, 3, 2], x[0, 9, 0, 5] = float("nan"), float("inf")
+    elif where == "shortcut input":
+        xs[0, 7, 4, 5], xs[0, 1, 6, 0] = float("nan"), -float("inf")
+    else:
+        residual[0, 100, 6, 0] = float("nan")
+    ref = _reference(x, weight, bias, 1, 0, 1, 1, residual, (xs, w_short, 1))
+    out = _launch(x, weight, bias, kernel=1, stride=1, padding=0, dilation=1, groups=1,
+                  relu=True, residual=residual, shortcut=(xs, w_short, 1))
+    assert tma == [1]
+    out, ref = out.cpu().double(), ref.cpu()
+    assert (ref.isnan() | ref.isinf()).any()
+    assert torch.equal(out.isnan(), ref.isnan()) and torch.equal(out.isinf(), ref.isinf())
+    finite = ref.isfinite()
+    assert_close_to_reference(out[finite], ref[finite], rel_tol(torch.float16), "TMA shortcut")
+
+
+def test_tma_falls_back_to_pointers_for_a_misaligned_input(tma):
+    # A channels_last view 2 bytes into its storage: no TMA descriptor may point there.
+    n, c, h, w = 1, 64, 5, 7
+    storage = torch.randn(n * h * w * c + 1, device=DEVICE).to(torch.float16)
+    x = storage[1:].view(n, h, w, c).permute(0, 3, 1, 2)
+    assert x.is_contiguous(memory_format=torch.channels_last) and x.data_ptr() % 16
+    weight = (torch.randn(128, c, 1, 1, device=DEVICE) / 8).to(torch.float16)
+    bias = torch.randn(128, device=DEVICE)
+    out = _launch(x, weight, bias, kernel=1, stride=1, padding=0, dilation=1, groups=1,
+                  relu=True)
+    assert tma == []
+    assert_close_to_reference(out, _reference(x, weight, bias, 1, 0, 1, 1),
+                              rel_tol(torch.float16), "misaligned")
+
+
+def test_tma_candidates_only_where_they_apply():
+    from fusedres import gpu_inspect
+    for model in ("resnet18", "resnet50"):
+        for spec in gpu_inspect.specialisations(model, torch.float16, 256):
+            ints, consts = kernel_module.launch_scalars(**spec._asdict(), allow_tf32=False,
+                                                        interpreted=False)
+            one_by_one = spec.kernel_size == (1, 1) and spec.stride == 1
+            on_90 = kernel_module.candidates(consts, 2, ints["M"], 90)
+            assert sum(bool(c.kwargs.get("USE_TMA")) for c in on_90) == int(one_by_one)
+            assert not any(c.kwargs.get("USE_TMA")
+                           for arch in (80, None)
+                           for c in kernel_module.candidates(consts, 2, ints["M"], arch))
+            assert not any(c.kwargs.get("USE_TMA") for c in kernel_module.candidates(
+                consts, 4, ints["M"], 90))
+
+
 @pytest.mark.parametrize("model", ["resnet18", "resnet50"])
 def test_split_k_candidates_fill_the_gpu_at_batch_1(model):
     """Batch 1's layer3/layer4 get split-K candidates that launch about one program per SM
