@@ -128,7 +128,7 @@ def conv_bn_act_kernel(
     RELU: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
     INDEX_64: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, LEAN_K: tl.constexpr,
-    SPLIT_K: tl.constexpr = 1, USE_TMA: tl.constexpr = False,
+    SPLIT_K: tl.constexpr = 1, USE_TMA: tl.constexpr = False, STRIP_K: tl.constexpr = False,
 ):
     cin_g: tl.constexpr = C_in // GROUPS
     cout_g: tl.constexpr = C_out // GROUPS
@@ -205,7 +205,27 @@ def conv_bn_act_kernel(
     ih0 = oh * STRIDE - PAD
     iw0 = ow * STRIDE - PAD
 
-    if GATHER_K:
+    if GATHER_K and STRIP_K:
+        # The stem's K walk as KH contiguous strips: in NHWC the KW taps x C_in channels of
+        # one filter row are KW*C_in neighbouring elements (21 for 7x7 over RGB), and so are
+        # their packed weight rows.  One step per filter row; the column masks (image border,
+        # strip length) are the same for every row and computed once; no division in the loop.
+        tl.static_assert(GROUPS == 1 and DIL == 1 and KW * C_in <= BLOCK_K,
+                         "strip K walk: ungrouped, undilated, a filter row within BLOCK_K")
+        strip: tl.constexpr = KW * C_in
+        j_ok = offs_k < strip
+        col_ok = (m_mask[:, None] & j_ok[None, :]
+                  & ((iw0[:, None] + (offs_k // C_in)[None, :]).to(tl.uint32) < W))
+        x_row = ((img * H + ih0) * W + iw0) * C_in
+        w_strip = offs_k[:, None] * C_out + co[None, :]
+        for kh in range(0, KH):
+            row_ok = (ih0 + kh).to(tl.uint32) < H
+            a = tl.load(x_ptr + (x_row + kh * W * C_in)[:, None] + offs_k[None, :],
+                        mask=col_ok & row_ok[:, None], other=0.0)
+            b = tl.load(w_ptr + w_strip + kh * strip * C_out,
+                        mask=j_ok[:, None] & n_mask[None, :], other=0.0)
+            acc = _accumulate(acc, a, b, DOT_PRECISION, UPCAST_DOT)
+    elif GATHER_K:
         k_total: tl.constexpr = KH * KW * cin_g
         for k0 in range(0, k_total, BLOCK_K):
             k = k0 + offs_k
@@ -362,7 +382,28 @@ def candidates(consts, element_size, m=None, arch=None):
         listed = listed + split_k_candidates(m, consts, size)
     if arch is not None and arch >= 90:
         listed = listed + tma_candidates(consts, size)
-    return listed
+    return listed + strip_candidates(consts)
+
+
+# The stem's strip K walk (STRIP_K): one BLOCK_K=32 step per filter row.
+_STRIP_BLOCK_K = 32
+_STRIP_TILES = [(128, 64, 4, 4), (64, 64, 4, 4)]
+
+
+def uses_strip(consts, block_k=_STRIP_BLOCK_K):
+    """Whether the gathered K walk can run as contiguous filter-row strips (the stem)."""
+    return (consts["GATHER_K"] and consts["GROUPS"] == 1 and consts["DIL"] == 1
+            and consts["KW"] * consts["C_in"] <= block_k)
+
+
+def strip_candidates(consts):
+    """The strip-walk configs for a launch that can take them (same for every dtype: the
+    step is 32 elements either way)."""
+    if not uses_strip(consts):
+        return []
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": _STRIP_BLOCK_K,
+                           "LEAN_K": True, "STRIP_K": True}, num_warps=warps, num_stages=stages)
+            for bm, bn, warps, stages in _STRIP_TILES]
 
 
 def uses_tma(consts, element_size):
@@ -481,14 +522,19 @@ INTERPRETER_LEAN_K = True
 INTERPRETER_SPLIT_K = 1
 
 
-# TMA tiles under the interpreter where a launch can take them (the tests set it).
+# TMA tiles, the stem's strip walk under the interpreter where a launch can take them (the
+# tests set these).
 INTERPRETER_TMA = False
+INTERPRETER_STRIP_K = False
 
 
 def _interpreter_variant(config, consts, element_size):
     """The interpreter's config with the variants the tests switch on."""
     if INTERPRETER_TMA and uses_tma(consts, element_size):
         config = dict(config, USE_TMA=True)
+    strip = max(16, triton.next_power_of_2(consts["KW"] * consts["C_in"]))
+    if INTERPRETER_STRIP_K and uses_strip(consts, strip):
+        config = dict(config, BLOCK_K=strip, STRIP_K=True)
     if INTERPRETER_SPLIT_K == 1 or consts["GATHER_K"]:
         return config
     config = dict(config, BLOCK_K=16)

@@ -277,6 +277,80 @@ def test_tma_candidates_only_where_they_apply():
                 consts, 4, ints["M"], 90))
 
 
+@pytest.fixture
+def strip_k(monkeypatch):
+    """Runs a test with the stem's strip K walk where a launch can take it (under the
+    interpreter through its config, on a GPU by forcing the first strip candidate).  Yields
+    the BLOCK_K of every launch that ran it."""
+    monkeypatch.setattr(kernel_module, "INTERPRETER_STRIP_K", True)
+    if DEVICE.type == "cuda":
+        monkeypatch.setattr(kernel_module, "choose_config",
+                            lambda ints, consts, *_: kernel_module.strip_candidates(consts)[0])
+    used = []
+    launch = kernel_module.conv_bn_act_kernel
+
+    class Recording:
+        def __getitem__(self, grid):
+            def run(*args, **kwargs):
+                if kwargs.get("STRIP_K"):
+                    used.append(kwargs["BLOCK_K"])
+                return launch[grid](*args, **kwargs)
+            return run
+
+    monkeypatch.setattr(kernel_module, "conv_bn_act_kernel", Recording())
+    return used
+
+
+# (name, N, C_in, H, W, C_out, kernel, stride, padding): the stem and other small-channel
+# convolutions whose filter rows fit one strip.
+STRIP_GEOMETRIES = [
+    ("stem 7x7/s2 C_in=3", 2, 3, 19, 17, 64, 7, 2, 3),
+    ("7x7/s2 odd C_out", 1, 3, 12, 15, 24, 7, 2, 3),
+    ("5x5/s1 C_in=1 no padding", 3, 1, 9, 8, 16, 5, 1, 0),
+    ("3x3/s3 C_in=5 padding 2", 1, 5, 10, 11, 32, 3, 3, 2),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("geometry", STRIP_GEOMETRIES, ids=[g[0] for g in STRIP_GEOMETRIES])
+@pytest.mark.parametrize("epilogue", ["residual+relu", "none"])
+def test_strip_k_matches_float64(geometry, dtype, epilogue, strip_k):
+    _, n, c_in, h, w, c_out, kernel, stride, padding = geometry
+    x, weight, bias = _operands(n, c_in, h, w, c_out, kernel, 1, dtype)
+    relu = epilogue != "none"
+    ref = _reference(x, weight, bias, stride, padding, 1, 1, relu=False)
+    residual = torch.randn_like(ref).to(dtype) if "residual" in epilogue else None
+    ref = _reference(x, weight, bias, stride, padding, 1, 1, residual, relu=relu)
+    out = _launch(x, weight, bias, kernel=kernel, stride=stride, padding=padding, dilation=1,
+                  groups=1, relu=relu, residual=residual)
+    assert len(strip_k) == 1 and strip_k[0] >= kernel * c_in
+    assert_close_to_reference(out, ref, rel_tol(dtype), f"strip {geometry[0]} {dtype}")
+
+
+def test_strip_k_keeps_nan_and_inf_at_the_border(strip_k):
+    x, weight, bias = _operands(1, 3, 13, 11, 64, 7, 1, torch.float32)
+    x[0, 0, 0, 0], x[0, 2, 12, 10], x[0, 1, 6, 5] = float("inf"), float("nan"), -float("inf")
+    ref = _reference(x, weight, bias, 2, 3, 1, 1)
+    out = _launch(x, weight, bias, kernel=7, stride=2, padding=3, dilation=1, groups=1,
+                  relu=True)
+    assert len(strip_k) == 1
+    out, ref = out.cpu().double(), ref.cpu()
+    assert torch.equal(out.isnan(), ref.isnan()) and torch.equal(out.isinf(), ref.isinf())
+    finite = ref.isfinite()
+    assert torch.allclose(out[finite], ref[finite], rtol=1e-4, atol=1e-4)
+
+
+def test_strip_candidates_only_for_the_stem():
+    from fusedres import gpu_inspect
+    for spec in gpu_inspect.specialisations("resnet50", torch.float16, 256):
+        _, consts = kernel_module.launch_scalars(**spec._asdict(), allow_tf32=False,
+                                                 interpreted=False)
+        strip = kernel_module.strip_candidates(consts)
+        assert len(strip) == (2 if spec.c_in == 3 else 0)
+    grouped = dict(consts, GATHER_K=True, C_in=64, GROUPS=32, KW=3, DIL=1)
+    assert kernel_module.strip_candidates(grouped) == []
+
+
 @pytest.mark.parametrize("model", ["resnet18", "resnet50"])
 def test_split_k_candidates_fill_the_gpu_at_batch_1(model):
     """Batch 1's layer3/layer4 get split-K candidates that launch about one program per SM
