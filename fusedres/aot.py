@@ -50,13 +50,14 @@ class TileConfig(NamedTuple):
     split_k: int = 1     # K slices per tile (split-K), 1 for none
     tma: bool = False    # tiles by TMA (1x1 stride-1 on sm_90)
     strip_k: bool = False  # the stem's K walk as filter-row strips
+    pad_c: int = 0       # input channels padded to this many by the launcher (0: none)
 
     @classmethod
     def from_triton(cls, config: triton.Config) -> "TileConfig":
         kw = config.kwargs
         return cls(kw["BLOCK_M"], kw["BLOCK_N"], kw["BLOCK_K"], config.num_warps,
                    config.num_stages, kw.get("LEAN_K", True), kw.get("SPLIT_K", 1),
-                   kw.get("USE_TMA", False), kw.get("STRIP_K", False))
+                   kw.get("USE_TMA", False), kw.get("STRIP_K", False), kw.get("PAD_C", 0))
 
     def to_triton(self) -> triton.Config:
         # SPLIT_K, USE_TMA, STRIP_K only when set: the kernel's defaults otherwise, so that
@@ -64,6 +65,7 @@ class TileConfig(NamedTuple):
         extra = {"SPLIT_K": self.split_k} if self.split_k != 1 else {}
         extra.update({"USE_TMA": True} if self.tma else {})
         extra.update({"STRIP_K": True} if self.strip_k else {})
+        extra.update({"PAD_C": self.pad_c} if self.pad_c else {})
         return triton.Config({"BLOCK_M": self.block_m, "BLOCK_N": self.block_n,
                               "BLOCK_K": self.block_k, "LEAN_K": self.lean_k, **extra},
                              num_warps=self.num_warps, num_stages=self.num_stages)

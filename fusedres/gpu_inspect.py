@@ -188,7 +188,8 @@ def row_record(row, allow_tf32):
         "variant": ("lean" if row.config.lean_k else "classic")
                    + (f" split-k {row.config.split_k}" if row.config.split_k > 1 else "")
                    + (" tma" if row.config.tma else "")
-                   + (" strip" if row.config.strip_k else ""),
+                   + (" strip" if row.config.strip_k else "")
+                   + (f" pad-c {row.config.pad_c}" if row.config.pad_c else ""),
         "registers": r.registers, "spill_bytes": r.stack_bytes, "shared_bytes": r.shared_bytes,
         "mma": r.tensor_core or "none", "loop_instructions": r.loop_instructions,
         "mma_per_step": r.mma_per_step,

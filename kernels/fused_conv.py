@@ -30,6 +30,7 @@ FUSEDRES_AUTOTUNE=0.
 import os
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 
@@ -398,12 +399,49 @@ def uses_strip(consts, block_k=_STRIP_BLOCK_K):
 
 def strip_candidates(consts):
     """The strip-walk configs for a launch that can take them (same for every dtype: the
-    step is 32 elements either way)."""
+    step is 32 elements either way) and, for 3-channel inputs, the strip walk over the input
+    padded to 4 channels (PAD_C, see pad_channels)."""
     if not uses_strip(consts):
         return []
-    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": _STRIP_BLOCK_K,
-                           "LEAN_K": True, "STRIP_K": True}, num_warps=warps, num_stages=stages)
-            for bm, bn, warps, stages in _STRIP_TILES]
+    configs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": _STRIP_BLOCK_K,
+                              "LEAN_K": True, "STRIP_K": True},
+                             num_warps=warps, num_stages=stages)
+               for bm, bn, warps, stages in _STRIP_TILES]
+    if can_pad_channels(consts, _PAD_C):
+        configs.append(triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": _STRIP_BLOCK_K,
+                                      "LEAN_K": True, "STRIP_K": True, "PAD_C": _PAD_C},
+                                     num_warps=4, num_stages=4))
+    return configs
+
+
+# PAD_C: the launcher copies a 3-channel NHWC input into a 4-channel one (zero fourth
+# channel; weights likewise), so every pixel starts at an 8-byte boundary and the strip walk
+# loads 4 channels per vector (cp.async) instead of one 2-byte scalar each.  A launcher
+# option, not a kernel constexpr: the kernel sees a plain C_in=4 convolution.  The tuner
+# times the copies with the kernel.
+_PAD_C = 4
+
+
+def can_pad_channels(consts, pad_c):
+    return (consts["C_in"] == 3 and consts["GROUPS"] == 1 and not consts["HAS_SHORTCUT"]
+            and uses_strip(dict(consts, C_in=pad_c)))
+
+
+def padded_scalars(ints, consts, pad_c):
+    """The constexprs of the same launch over a ``pad_c``-channel input."""
+    batch = ints["M"] // (consts["OH"] * consts["OW"])
+    index_64 = consts["INDEX_64"] or batch * pad_c * consts["H"] * consts["W"] >= INDEX_32_LIMIT
+    return dict(consts, C_in=pad_c, GATHER_K=pad_c < GATHER_K_BELOW, INDEX_64=index_64)
+
+
+def pad_channels(x, weight, pad_c, taps):
+    """``x`` ([N, C, H, W], any memory format) as a channels_last [N, pad_c, H, W] tensor with
+    zero channels after the first C, in one copy; the packed weight [taps*C, C_out] as
+    [taps*pad_c, C_out] with zero rows for those channels."""
+    c = x.shape[1]
+    xp = F.pad(x.permute(0, 2, 3, 1), (0, pad_c - c)).permute(0, 3, 1, 2)
+    wp = F.pad(weight.view(taps, c, -1), (0, 0, 0, pad_c - c)).view(taps * pad_c, -1)
+    return xp, wp
 
 
 def uses_tma(consts, element_size):
@@ -526,6 +564,7 @@ INTERPRETER_SPLIT_K = 1
 # tests set these).
 INTERPRETER_TMA = False
 INTERPRETER_STRIP_K = False
+INTERPRETER_PAD_C = False
 
 
 def _interpreter_variant(config, consts, element_size):
@@ -535,6 +574,8 @@ def _interpreter_variant(config, consts, element_size):
     strip = max(16, triton.next_power_of_2(consts["KW"] * consts["C_in"]))
     if INTERPRETER_STRIP_K and uses_strip(consts, strip):
         config = dict(config, BLOCK_K=strip, STRIP_K=True)
+    if INTERPRETER_PAD_C and can_pad_channels(consts, _PAD_C):
+        config = dict(config, BLOCK_K=_STRIP_BLOCK_K, STRIP_K=True, PAD_C=_PAD_C)
     if INTERPRETER_SPLIT_K == 1 or consts["GATHER_K"]:
         return config
     config = dict(config, BLOCK_K=16)
@@ -667,6 +708,7 @@ def conv_bn_act(x, weight, bias, *, kernel_size, stride=1, padding=0, dilation=1
                          f"stride {stride}, padding {padding}, dilation {dilation}")
     out_shape = (n, c_out, oh, ow)
 
+    x_given = x  # what PAD_C copies from (one copy instead of two)
     x = x.contiguous(memory_format=torch.channels_last)
     if shortcut is not None:
         xs, ws, stride_s = shortcut
@@ -715,18 +757,25 @@ def conv_bn_act(x, weight, bias, *, kernel_size, stride=1, padding=0, dilation=1
             *ints.values())
 
     def launch(config):
+        kernel_args, kernel_consts = args, consts
+        if config.kwargs.get("PAD_C"):
+            pad_c = config.kwargs["PAD_C"]
+            kernel_args = (*pad_channels(x_given, weight, pad_c, kh * kw), *args[2:])
+            kernel_consts = padded_scalars(ints, consts, pad_c)
+            config = _without(config, "PAD_C")
         if config.kwargs.get("USE_TMA") and not _tma_ready(x, weight):
-            config = _without_tma(config)
+            config = _without(config, "USE_TMA")
         block_m, block_n = config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"]
         grid = (triton.cdiv(m, block_m) * triton.cdiv(cout_g, block_n), groups)
         split = config.kwargs.get("SPLIT_K", 1)
         if split == 1:
-            conv_bn_act_kernel[grid](*args, **consts, **autotune.launch_options(config))
+            conv_bn_act_kernel[grid](*kernel_args, **kernel_consts,
+                                     **autotune.launch_options(config))
             return
         # Split-K: partial sums into an fp32 workspace, then one small reduce + epilogue.
         part = torch.empty((split, m, c_out), device=device, dtype=torch.float32)
-        conv_bn_act_kernel[grid + (split,)](*args[:6], part, *args[7:], **consts,
-                                            **autotune.launch_options(config))
+        conv_bn_act_kernel[grid + (split,)](*kernel_args[:6], part, *kernel_args[7:],
+                                            **kernel_consts, **autotune.launch_options(config))
         _split_k_epilogue(part, bias, residual, out, m, consts)
 
     if INTERPRETED:
@@ -753,8 +802,8 @@ def _tma_scratch(size, alignment, stream):
     return torch.empty(size, dtype=torch.int8, device="cuda")
 
 
-def _without_tma(config):
-    kwargs = {k: v for k, v in config.kwargs.items() if k != "USE_TMA"}
+def _without(config, name):
+    kwargs = {k: v for k, v in config.kwargs.items() if k != name}
     return triton.Config(kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
 
 
@@ -821,6 +870,9 @@ def compile_ahead(ints, consts, dtype, config):
     16-byte aligned, as the mocks claim).  A split-K config writes an fp32 workspace and also
     warms its epilogue kernel.  Returns Triton's compiled convolution kernel (None when a
     ``jit_cache_hook`` skipped the compile)."""
+    if config.kwargs.get("PAD_C"):
+        consts = padded_scalars(ints, consts, config.kwargs["PAD_C"])
+        config = _without(config, "PAD_C")
     split = config.kwargs.get("SPLIT_K", 1)
     out = torch.float32 if split > 1 else dtype
     pointers = (dtype, dtype, torch.float32, dtype, dtype, dtype, out)

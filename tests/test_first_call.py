@@ -245,7 +245,10 @@ def test_default_config_is_a_candidate_for_every_geometry(dtype):
 
 
 def test_padded_convolutions_try_both_k_loops():
-    padded = {"PAD": 1, "GATHER_K": False}
+    _, padded = fused_conv.launch_scalars(
+        batch=8, c_in=64, height=56, width=56, c_out=64, kernel_size=(3, 3), stride=1,
+        padding=1, dilation=1, groups=1, relu=True, residual=False, shortcut=None,
+        dtype=torch.float16, allow_tf32=False, interpreted=False)
     assert [c.kwargs["LEAN_K"] for c in fused_conv.candidates(padded, 2)] == [True] * 6 + [False] * 6
     assert {c.kwargs["LEAN_K"] for c in fused_conv.candidates(dict(padded, PAD=0), 2)} == {True}
     assert {c.kwargs["LEAN_K"] for c in fused_conv.candidates(dict(padded, GATHER_K=True), 4)} \

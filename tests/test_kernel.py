@@ -327,6 +327,44 @@ def test_strip_k_matches_float64(geometry, dtype, epilogue, strip_k):
     assert_close_to_reference(out, ref, rel_tol(dtype), f"strip {geometry[0]} {dtype}")
 
 
+@pytest.fixture
+def pad_c(monkeypatch, strip_k):
+    """The strip walk over the 3-channel input padded to 4 channels by the launcher."""
+    monkeypatch.setattr(kernel_module, "INTERPRETER_PAD_C", True)
+    if DEVICE.type == "cuda":
+        monkeypatch.setattr(kernel_module, "choose_config", lambda ints, consts, *_: next(
+            c for c in kernel_module.strip_candidates(consts) if c.kwargs.get("PAD_C")))
+    return strip_k
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("geometry", STRIP_GEOMETRIES[:2], ids=[g[0] for g in STRIP_GEOMETRIES[:2]])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_padded_stem_matches_float64(geometry, dtype, layout, pad_c):
+    _, n, c_in, h, w, c_out, kernel, stride, padding = geometry
+    x, weight, bias = _operands(n, c_in, h, w, c_out, kernel, 1, dtype)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    ref = _reference(x, weight, bias, stride, padding, 1, 1, relu=False)
+    residual = torch.randn_like(ref).to(dtype)
+    ref = _reference(x, weight, bias, stride, padding, 1, 1, residual, relu=True)
+    out = _launch(x, weight, bias, kernel=kernel, stride=stride, padding=padding, dilation=1,
+                  groups=1, relu=True, residual=residual)
+    assert pad_c == [32]  # one strip of 7 taps x 4 channels per filter row
+    assert_close_to_reference(out, ref, rel_tol(dtype), f"padded stem {dtype}")
+
+
+def test_pad_channels_appends_zero_channels():
+    x = torch.randn(2, 3, 5, 4)
+    weight = pack_weight(torch.randn(8, 3, 7, 7), torch.float32)
+    xp, wp = kernel_module.pad_channels(x, weight, 4, 49)
+    assert xp.shape == (2, 4, 5, 4) and xp.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(xp[:, :3], x) and not xp[:, 3].any()
+    assert wp.shape == (49 * 4, 8)
+    assert torch.equal(wp.view(49, 4, 8)[:, :3], weight.view(49, 3, 8))
+    assert not wp.view(49, 4, 8)[:, 3].any()
+
+
 def test_strip_k_keeps_nan_and_inf_at_the_border(strip_k):
     x, weight, bias = _operands(1, 3, 13, 11, 64, 7, 1, torch.float32)
     x[0, 0, 0, 0], x[0, 2, 12, 10], x[0, 1, 6, 5] = float("inf"), float("nan"), -float("inf")
@@ -346,7 +384,8 @@ def test_strip_candidates_only_for_the_stem():
         _, consts = kernel_module.launch_scalars(**spec._asdict(), allow_tf32=False,
                                                  interpreted=False)
         strip = kernel_module.strip_candidates(consts)
-        assert len(strip) == (2 if spec.c_in == 3 else 0)
+        assert len(strip) == (3 if spec.c_in == 3 else 0)
+        assert sum(bool(c.kwargs.get("PAD_C")) for c in strip) == (spec.c_in == 3)
     grouped = dict(consts, GATHER_K=True, C_in=64, GROUPS=32, KW=3, DIL=1)
     assert kernel_module.strip_candidates(grouped) == []
 
