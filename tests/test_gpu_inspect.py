@@ -16,7 +16,11 @@ from fusedres.kernels import cudnn_allows_tf32, fused_conv
 MODELS = ("resnet18", "resnet50")
 DTYPES = ("float16", "float32")
 ARCHES = ("sm_90", "sm_80")
-CASES = [(model, dtype, arch) for model in MODELS for dtype in DTYPES for arch in ARCHES]
+# ResNet-50 in fp32 on sm_80 is left out to keep the cold compile time flat since the sm_90
+# candidates (TMA, the stem's strip walks) arrived: its geometries share their configs with
+# ResNet-50 fp32 on sm_90 and ResNet-18 fp32 on sm_80, which stay.
+CASES = [(model, dtype, arch) for model in MODELS for dtype in DTYPES for arch in ARCHES
+         if (model, dtype, arch) != ("resnet50", "float32", "sm_80")]
 
 # Far too big for 4 warps: a 256x128 fp32 accumulator alone is 256 registers per thread, and
 # two staged fp32 256x64 + 64x128 tiles need 192 KB of shared memory (sm_80 has 163 KB).
