@@ -144,12 +144,15 @@ def check(result, arch, needs_tensor_core=True):
 
 
 def inspect_model(model_name, dtype, arch, batch=256, size=(224, 224), allow_tf32=None,
-                  workers=None, progress=None):
-    """One Row per (specialisation, candidate config) of the model on ``arch``."""
+                  workers=None, progress=None, geometry=None, config=None):
+    """One Row per (specialisation, candidate config) of the model on ``arch``; ``geometry``
+    and ``config``, when given, keep only rows whose description contains that text."""
     if allow_tf32 is None:
         allow_tf32 = cudnn_allows_tf32()
-    pairs = [(spec, config) for spec in specialisations(model_name, dtype, batch, size)
-             for config in candidate_configs(spec, arch)]
+    pairs = [(spec, c) for spec in specialisations(model_name, dtype, batch, size)
+             if geometry is None or geometry in spec.describe()
+             for c in candidate_configs(spec, arch)
+             if config is None or config in c.describe()]
     jobs = [Job(spec, config, arch, allow_tf32) for spec, config in pairs]
     results = compile_jobs(jobs, workers, progress)
     return [Row(spec, config, arch, result) for (spec, config), result in zip(pairs, results)]
@@ -272,6 +275,12 @@ def add_arguments(parser):
     parser.add_argument("--json", metavar="PATH", default=None,
                         help="also write every row's fields (registers, spills, K-loop "
                              "instructions, issue ratio, ...) as JSON")
+    parser.add_argument("--geometry", metavar="TEXT", default=None,
+                        help="only geometries whose description contains TEXT, e.g. "
+                             "'7x7/s2' or '512x7x7 -> 512 3x3'")
+    parser.add_argument("--config", metavar="TEXT", default=None,
+                        help="only configs whose description contains TEXT, e.g. 'SPLIT_K' "
+                             "or '64x64x64 w4'")
 
 
 def check_triton_version(version=None):
@@ -298,7 +307,11 @@ def run(args) -> int:
     allow_tf32 = cudnn_allows_tf32()
     arch = ARCHES[args.arch]
     rows = inspect_model(args.model, DTYPES[args.dtype], arch, args.batch, args.size,
-                         allow_tf32, args.jobs, stderr_progress(f"inspect {args.model}"))
+                         allow_tf32, args.jobs, stderr_progress(f"inspect {args.model}"),
+                         getattr(args, "geometry", None), getattr(args, "config", None))
+    if not rows:
+        print(f"no geometry of {args.model} and config matches the filters", file=sys.stderr)
+        return 2
     print(format_table(rows, allow_tf32))
     print("\nbest candidate per geometry (lowest issue/kFMA among clean rows):")
     for spec, row in best_per_geometry(rows, allow_tf32).items():

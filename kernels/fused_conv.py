@@ -23,6 +23,16 @@ The tap-major walk has two bodies, chosen by the config's ``LEAN_K``: the lean o
 scalar offsets, mask-free tiles where the channel counts allow) and the first design's, kept
 as an autotune candidate for padded convolutions (see ``candidates``).
 
+Variants, each an autotune candidate next to the plain tiles and only where it applies
+(``candidates``; docs/inspect.md lists them):
+  * ``SPLIT_K``: grids that leave SMs idle (batch 1) cut each tile's K steps into slices, one
+    program each, writing fp32 partial tiles; ``split_k_epilogue_kernel`` sums them in a
+    fixed order and runs the epilogue (deterministic, no atomics).
+  * ``USE_TMA``: 1x1 stride-1 convolutions load their tiles through TMA descriptors (sm_90).
+  * ``STRIP_K``: the flattened walk of a small-channel convolution as one contiguous strip per
+    filter row (the stem); with the launcher option ``PAD_C`` the 3-channel input is first
+    padded to 4 channels, so the strips load as 8-byte vectors.
+
 The launcher picks the config: one large config under the interpreter, the tuner's choice
 among ``candidates`` on a GPU (kernels/autotune.py), or ``default_config`` with
 FUSEDRES_AUTOTUNE=0.

@@ -193,3 +193,13 @@ def test_json_rows_carry_the_cost_model(compiled_cases, tmp_path, capsys):
     padded = [g for g, variant in best if variant == "classic"]
     assert padded and all(best[g, "lean"] < best[g, "classic"] for g in padded)
     assert "best candidate per geometry" in capsys.readouterr().out
+
+
+def test_filters_select_rows(capsys):
+    # The stem's padded strip candidate alone: one compile (cached once the cases above ran).
+    assert gpu_inspect.run(_parse("--model", "resnet50", "--dtype", "float16", "--arch", "sm_90",
+                                  "--geometry", "7x7/s2", "--config", "PAD_C=4")) == 0
+    out = capsys.readouterr().out
+    assert "1 specialisations x configs (1 geometries), 0 failed" in out
+    assert gpu_inspect.run(_parse("--model", "resnet50", "--dtype", "float16", "--arch", "sm_90",
+                                  "--geometry", "no such layer")) == 2
