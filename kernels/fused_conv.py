@@ -466,9 +466,11 @@ def uses_tma(consts, element_size):
 
 
 def tma_candidates(consts, element_size):
-    """One TMA config for a launch that can take it: the 128x128x64 tile with 8 warps, or
-    128x64x64 with 4 warps where C_out is 64 (a 128-wide tile would be half empty)."""
-    if not uses_tma(consts, element_size):
+    """One TMA config for a launch that can take it and walks K in at least two steps: the
+    128x128x64 tile with 8 warps, or 128x64x64 with 4 warps where C_out is 64 (a 128-wide tile
+    would be half empty)."""
+    # With a single K step (C_in = 64) there is no loop for TMA to pipeline: no candidate.
+    if not uses_tma(consts, element_size) or consts["C_in"] < 2 * 64:
         return []
     if consts["C_out"] >= 128:
         tile, warps, stages = (128, 128, 64), 8, 3
