@@ -49,16 +49,27 @@ class TileConfig(NamedTuple):
     num_warps: int
     num_stages: int
     lean_k: bool = True  # the K loop: lean, or the first design (kernels/fused_conv.py)
+    split_k: int = 1     # K slices per tile (split-K), 1 for none
+    tma: bool = False    # tiles by TMA (1x1 stride-1 on sm_90)
+    strip_k: bool = False  # the stem's K walk as filter-row strips
+    pad_c: int = 0       # input channels padded to this many by the launcher (0: none)
 
     @classmethod
     def from_triton(cls, config: triton.Config) -> "TileConfig":
         kw = config.kwargs
         return cls(kw["BLOCK_M"], kw["BLOCK_N"], kw["BLOCK_K"], config.num_warps,
-                   config.num_stages, kw.get("LEAN_K", True))
+                   config.num_stages, kw.get("LEAN_K", True), kw.get("SPLIT_K", 1),
+                   kw.get("USE_TMA", False), kw.get("STRIP_K", False), kw.get("PAD_C", 0))
 
     def to_triton(self) -> triton.Config:
+        # SPLIT_K, USE_TMA, STRIP_K only when set: the kernel's defaults otherwise, so that
+        # the other configs launch (and are cached) exactly as before these variants existed.
+        extra = {"SPLIT_K": self.split_k} if self.split_k != 1 else {}
+        extra.update({"USE_TMA": True} if self.tma else {})
+        extra.update({"STRIP_K": True} if self.strip_k else {})
+        extra.update({"PAD_C": self.pad_c} if self.pad_c else {})
         return triton.Config({"BLOCK_M": self.block_m, "BLOCK_N": self.block_n,
-                              "BLOCK_K": self.block_k, "LEAN_K": self.lean_k},
+                              "BLOCK_K": self.block_k, "LEAN_K": self.lean_k, **extra},
                              num_warps=self.num_warps, num_stages=self.num_stages)
 
     def describe(self) -> str:
@@ -94,15 +105,18 @@ class CompileResult:
     tma: Optional[bool] = None
 
 
-def candidate_configs(spec: LaunchSpec, autotuning: Optional[bool] = None):
-    """The configs a launch of ``spec`` may use: the tuner's candidates, or only the
+def candidate_configs(spec: LaunchSpec, autotuning: Optional[bool] = None,
+                      arch: Optional[int] = None):
+    """The configs a launch of ``spec`` may use on ``arch`` (80, 90; None: the candidates of
+    every architecture but the sm_90-only ones): the tuner's candidates, or only the
     heuristic default when autotuning is off."""
     element_size = torch.empty((), dtype=spec.dtype).element_size()
     if autotuning is None:
         autotuning = kernels.autotune.enabled()
     ints, consts = _scalars(spec, allow_tf32=False)
     if autotuning:
-        return [TileConfig.from_triton(c) for c in conv_kernel.candidates(consts, element_size)]
+        return [TileConfig.from_triton(c)
+                for c in conv_kernel.candidates(consts, element_size, ints["M"], arch)]
     return [TileConfig.from_triton(conv_kernel.default_config(ints["M"], consts, element_size))]
 
 
@@ -137,15 +151,17 @@ def target_driver(arch):
     device from the driver's target and keys nothing on the target afterwards, so the block
     gets fresh state, and the state from before comes back after it."""
     driver = triton.runtime.driver
-    kernel = conv_kernel.conv_bn_act_kernel
-    previous, previous_caches = driver._active, kernel.device_caches
+    kernels_ = (conv_kernel.conv_bn_act_kernel, conv_kernel.split_k_epilogue_kernel)
+    previous, previous_caches = driver._active, [k.device_caches for k in kernels_]
     driver.set_active(_TargetDriver(arch))
-    kernel.device_caches = collections.defaultdict(kernel.create_binder)
+    for kernel in kernels_:
+        kernel.device_caches = collections.defaultdict(kernel.create_binder)
     try:
         yield
     finally:
         driver._active = previous
-        kernel.device_caches = previous_caches
+        for kernel, caches in zip(kernels_, previous_caches):
+            kernel.device_caches = caches
 
 
 @contextlib.contextmanager

@@ -53,9 +53,9 @@ def specialisations(model_name, dtype, batch=256, size=(224, 224)):
     return trace.unique(trace.trace_launches(model, batch, size, dtype))
 
 
-def candidate_configs(spec):
-    """Every config the tuner could pick for ``spec`` (inspect checks them all)."""
-    return aot.candidate_configs(spec, autotuning=True)
+def candidate_configs(spec, arch=None):
+    """Every config the tuner could pick for ``spec`` on ``arch`` (inspect checks them all)."""
+    return aot.candidate_configs(spec, autotuning=True, arch=arch)
 
 
 def uses_tensor_cores(spec, allow_tf32):
@@ -145,12 +145,15 @@ def check(result, arch, needs_tensor_core=True):
 
 
 def inspect_model(model_name, dtype, arch, batch=256, size=(224, 224), allow_tf32=None,
-                  workers=None, progress=None):
-    """One Row per (specialisation, candidate config) of the model on ``arch``."""
+                  workers=None, progress=None, geometry=None, config=None):
+    """One Row per (specialisation, candidate config) of the model on ``arch``; ``geometry``
+    and ``config``, when given, keep only rows whose description contains that text."""
     if allow_tf32 is None:
         allow_tf32 = cudnn_allows_tf32()
-    pairs = [(spec, config) for spec in specialisations(model_name, dtype, batch, size)
-             for config in candidate_configs(spec)]
+    pairs = [(spec, c) for spec in specialisations(model_name, dtype, batch, size)
+             if geometry is None or geometry in spec.describe()
+             for c in candidate_configs(spec, arch)
+             if config is None or config in c.describe()]
     jobs = [Job(spec, config, arch, allow_tf32) for spec, config in pairs]
     results = compile_jobs(jobs, workers, progress)
     return [Row(spec, config, arch, result) for (spec, config), result in zip(pairs, results)]
@@ -178,7 +181,7 @@ def programs(row):
                                               interpreted=False)
     cout_g = consts["C_out"] // consts["GROUPS"]
     return (triton.cdiv(ints["M"], row.config.block_m) * triton.cdiv(cout_g, row.config.block_n)
-            * consts["GROUPS"])
+            * consts["GROUPS"] * row.config.split_k)
 
 
 def row_record(row, allow_tf32):
@@ -186,7 +189,11 @@ def row_record(row, allow_tf32):
     r, ratio = row.result, issue_per_kfma(row)
     return {
         "geometry": row.spec.describe(), "config": row.config.describe(),
-        "variant": "lean" if row.config.lean_k else "classic",
+        "variant": ("lean" if row.config.lean_k else "classic")
+                   + (f" split-k {row.config.split_k}" if row.config.split_k > 1 else "")
+                   + (" tma" if row.config.tma else "")
+                   + (" strip" if row.config.strip_k else "")
+                   + (f" pad-c {row.config.pad_c}" if row.config.pad_c else ""),
         "registers": r.registers, "spill_bytes": r.stack_bytes, "shared_bytes": r.shared_bytes,
         "mma": r.tensor_core or "none", "loop_instructions": r.loop_instructions,
         "mma_per_step": r.mma_per_step,
@@ -211,7 +218,7 @@ def best_per_geometry(rows, allow_tf32):
 
 def format_table(rows, allow_tf32):
     header = ("geometry", "config", "regs", "stack", "shared", "mma", "loop", "issue/kFMA",
-              "serial", "programs", "compile", "status")
+              "serial", "tma", "programs", "compile", "status")
     lines = [header]
     for row in rows:
         r = row.result
@@ -224,6 +231,7 @@ def format_table(rows, allow_tf32):
             "-" if r.loop_instructions is None else f"{r.loop_instructions:.0f}",
             "-" if ratio is None else f"{ratio:.2f}",
             {True: "yes", False: "no"}.get(r.serialised_mma, "-"),
+            {True: "yes", False: "no"}.get(r.tma, "-"),
             str(programs(row)),
             "cached" if r.cached else f"{r.seconds:.1f}s",
             "ok" if not problems else "FAIL: " + "; ".join(problems),
@@ -268,6 +276,12 @@ def add_arguments(parser):
     parser.add_argument("--json", metavar="PATH", default=None,
                         help="also write every row's fields (registers, spills, K-loop "
                              "instructions, issue ratio, ...) as JSON")
+    parser.add_argument("--geometry", metavar="TEXT", default=None,
+                        help="only geometries whose description contains TEXT, e.g. "
+                             "'7x7/s2' or '512x7x7 -> 512 3x3'")
+    parser.add_argument("--config", metavar="TEXT", default=None,
+                        help="only configs whose description contains TEXT, e.g. 'SPLIT_K' "
+                             "or '64x64x64 w4'")
 
 
 def check_triton_version(version=None):
@@ -294,7 +308,11 @@ def run(args) -> int:
     allow_tf32 = cudnn_allows_tf32()
     arch = ARCHES[args.arch]
     rows = inspect_model(args.model, DTYPES[args.dtype], arch, args.batch, args.size,
-                         allow_tf32, args.jobs, stderr_progress(f"inspect {args.model}"))
+                         allow_tf32, args.jobs, stderr_progress(f"inspect {args.model}"),
+                         getattr(args, "geometry", None), getattr(args, "config", None))
+    if not rows:
+        print(f"no geometry of {args.model} and config matches the filters", file=sys.stderr)
+        return 2
     print(format_table(rows, allow_tf32))
     print("\nbest candidate per geometry (lowest issue/kFMA among clean rows):")
     for spec, row in best_per_geometry(rows, allow_tf32).items():

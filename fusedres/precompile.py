@@ -58,7 +58,7 @@ def compile_specs(specs, arch: int, *, autotuning: Optional[bool] = None,
     """Compile every candidate config of every LaunchSpec in ``specs`` for ``arch``."""
     allow_tf32 = cudnn_allows_tf32()
     jobs = [aot.Job(spec, config, arch, allow_tf32) for spec in specs
-            for config in aot.candidate_configs(spec, autotuning)]
+            for config in aot.candidate_configs(spec, autotuning, arch)]
     start = time.perf_counter()
     results = aot.compile_in_workers(jobs, workers, progress)
     failures = [f"{job.spec.describe()} [{job.config.describe()}]: {result.error}"

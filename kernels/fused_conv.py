@@ -24,6 +24,16 @@ The tap-major walk has two bodies, chosen by the config's ``LEAN_K``: the lean o
 scalar offsets, mask-free tiles where the channel counts allow) and the first design's, kept
 as an autotune candidate for padded convolutions (see ``candidates``).
 
+Variants, each an autotune candidate next to the plain tiles and only where it applies
+(``candidates``; docs/inspect.md lists them):
+  * ``SPLIT_K``: grids that leave SMs idle (batch 1) cut each tile's K steps into slices, one
+    program each, writing fp32 partial tiles; ``split_k_epilogue_kernel`` sums them in a
+    fixed order and runs the epilogue (deterministic, no atomics).
+  * ``USE_TMA``: 1x1 stride-1 convolutions load their tiles through TMA descriptors (sm_90).
+  * ``STRIP_K``: the flattened walk of a small-channel convolution as one contiguous strip per
+    filter row (the stem); with the launcher option ``PAD_C`` the 3-channel input is first
+    padded to 4 channels, so the strips load as 8-byte vectors.
+
 The launcher picks the config: one large config under the interpreter, the tuner's choice
 among ``candidates`` on a GPU (kernels/autotune.py), or ``default_config`` with
 FUSEDRES_AUTOTUNE=0.
@@ -32,6 +42,7 @@ import os
 import threading
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 
@@ -131,6 +142,7 @@ def conv_bn_act_kernel(
     RELU: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
     INDEX_64: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, LEAN_K: tl.constexpr,
+    SPLIT_K: tl.constexpr = 1, USE_TMA: tl.constexpr = False, STRIP_K: tl.constexpr = False,
 ):
     cin_g: tl.constexpr = C_in // GROUPS
     cout_g: tl.constexpr = C_out // GROUPS
@@ -167,12 +179,67 @@ def conv_bn_act_kernel(
     co = group * cout_g + offs_n
     offs_k = tl.arange(0, BLOCK_K)
 
+    # Split-K (SPLIT_K > 1; grids that leave SMs idle, e.g. batch 1): program_id(2) takes one
+    # contiguous slice of the K steps, the main loop's and then the shortcut's, and stores an
+    # fp32 partial tile; split_k_epilogue_kernel sums the slices in a fixed order and runs the
+    # epilogue.  With SPLIT_K == 1 the bounds are the constants they always were.
+    c_steps: tl.constexpr = (cin_g + BLOCK_K - 1) // BLOCK_K
+    main_steps: tl.constexpr = KH * KW * c_steps
+    tl.static_assert(SPLIT_K == 1 or not GATHER_K, "split-K walks the tap-major K loop only")
+    if SPLIT_K == 1:
+        main_lo = 0
+        main_hi = main_steps
+        short_lo = 0
+        short_hi = C_short
+    else:
+        short_steps: tl.constexpr = (C_short + BLOCK_K - 1) // BLOCK_K if HAS_SHORTCUT else 0
+        per_split: tl.constexpr = (main_steps + short_steps + SPLIT_K - 1) // SPLIT_K
+        k_lo = tl.program_id(2) * per_split
+        k_hi = tl.minimum(k_lo + per_split, main_steps + short_steps)
+        main_lo = tl.minimum(k_lo, main_steps)
+        main_hi = tl.minimum(k_hi, main_steps)
+        short_lo = (tl.maximum(k_lo, main_steps) - main_steps) * BLOCK_K
+        short_hi = (tl.maximum(k_hi, main_steps) - main_steps) * BLOCK_K
+
+    if USE_TMA:
+        # A 1x1 stride-1 convolution over NHWC is a plain GEMM: activations [M, C_in], weights
+        # [C_in, C_out].  Tiles arrive by TMA (sm_90); its zero fill past the tensor's end
+        # replaces the row and channel masks.  Needs 16-byte aligned bases and row strides
+        # (the launcher checks the bases) and, on a GPU, triton.set_allocator for the
+        # descriptors' global scratch.
+        tl.static_assert(KH == 1 and KW == 1 and STRIDE == 1 and PAD == 0 and GROUPS == 1,
+                         "TMA tiles: 1x1 stride-1 ungrouped convolutions only")
+        x_desc = tl.make_tensor_descriptor(x_ptr, shape=[M, C_in], strides=[C_in, 1],
+                                           block_shape=[BLOCK_M, BLOCK_K])
+        w_desc = tl.make_tensor_descriptor(w_ptr, shape=[C_in, C_out], strides=[C_out, 1],
+                                           block_shape=[BLOCK_K, BLOCK_N])
+
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     # The top-left input pixel of each row's receptive field; a tap adds a scalar to it.
     ih0 = oh * STRIDE - PAD
     iw0 = ow * STRIDE - PAD
 
-    if GATHER_K:
+    if GATHER_K and STRIP_K:
+        # The stem's K walk as KH contiguous strips: in NHWC the KW taps x C_in channels of
+        # one filter row are KW*C_in neighbouring elements (21 for 7x7 over RGB), and so are
+        # their packed weight rows.  One step per filter row; the column masks (image border,
+        # strip length) are the same for every row and computed once; no division in the loop.
+        tl.static_assert(GROUPS == 1 and DIL == 1 and KW * C_in <= BLOCK_K,
+                         "strip K walk: ungrouped, undilated, a filter row within BLOCK_K")
+        strip: tl.constexpr = KW * C_in
+        j_ok = offs_k < strip
+        col_ok = (m_mask[:, None] & j_ok[None, :]
+                  & ((iw0[:, None] + (offs_k // C_in)[None, :]).to(tl.uint32) < W))
+        x_row = ((img * H + ih0) * W + iw0) * C_in
+        w_strip = offs_k[:, None] * C_out + co[None, :]
+        for kh in range(0, KH):
+            row_ok = (ih0 + kh).to(tl.uint32) < H
+            a = tl.load(x_ptr + (x_row + kh * W * C_in)[:, None] + offs_k[None, :],
+                        mask=col_ok & row_ok[:, None], other=0.0)
+            b = tl.load(w_ptr + w_strip + kh * strip * C_out,
+                        mask=j_ok[:, None] & n_mask[None, :], other=0.0)
+            acc = _accumulate(acc, a, b, DOT_PRECISION, UPCAST_DOT)
+    elif GATHER_K:
         k_total: tl.constexpr = KH * KW * cin_g
         for k0 in range(0, k_total, BLOCK_K):
             k = k0 + offs_k
@@ -193,15 +260,17 @@ def conv_bn_act_kernel(
         # kh, kw and channels: a single software-pipelined loop whose loads stay in flight
         # across taps.  Unrolled per-tap loops (tl.static_range) gave KH*KW pipelined copies,
         # each with its own prologue, and spilled registers at every tile size.
-        c_steps: tl.constexpr = (cin_g + BLOCK_K - 1) // BLOCK_K
         x_base = ((img * H + ih0) * W + iw0) * C_in + group * cin_g
         w_base = offs_k[:, None] * C_out + co[None, :]
-        for step in range(0, KH * KW * c_steps):
+        for step in range(main_lo, main_hi):
             tap = step // c_steps
             c0 = (step % c_steps) * BLOCK_K
             kh = tap // KW
             kw = tap % KW
-            if LEAN_K:
+            if USE_TMA:
+                a = x_desc.load([pid_m * BLOCK_M, c0])
+                b = w_desc.load([c0, pid_n * BLOCK_N])
+            elif LEAN_K:
                 if PAD == 0:
                     # Without padding every tap of a valid output pixel is inside the image.
                     row_mask = m_mask
@@ -256,7 +325,7 @@ def conv_bn_act_kernel(
             SHORTCUT_STAGES: tl.constexpr = 2
         else:
             SHORTCUT_STAGES: tl.constexpr = None  # the config's num_stages
-        for c0 in tl.range(0, C_short, BLOCK_K, num_stages=SHORTCUT_STAGES):
+        for c0 in tl.range(short_lo, short_hi, BLOCK_K, num_stages=SHORTCUT_STAGES):
             c = c0 + offs_k
             c_mask = c < C_short
             a_ptrs = xs_ptr + s_off[:, None] + c[None, :]
@@ -275,16 +344,48 @@ def conv_bn_act_kernel(
                         mask=c_mask[:, None] & n_mask[None, :], other=0.0)
             acc = _accumulate(acc, a, b, DOT_PRECISION, UPCAST_DOT)
 
-    acc += tl.load(bias_ptr + co, mask=n_mask, other=0.0)[None, :]
     out_off = rows[:, None] * C_out + co[None, :]
     out_mask = m_mask[:, None] & n_mask[None, :]
+    if SPLIT_K > 1:
+        # out_ptr is the fp32 workspace [SPLIT_K, M, C_out] (small: split-K runs on small M).
+        tl.store(out_ptr + tl.program_id(2) * M * C_out + out_off, acc, mask=out_mask)
+    else:
+        acc += tl.load(bias_ptr + co, mask=n_mask, other=0.0)[None, :]
+        if HAS_RESIDUAL:
+            acc += tl.load(res_ptr + out_off, mask=out_mask, other=0.0).to(tl.float32)
+        if RELU:
+            # torch.relu keeps NaN; a plain maximum (and PTX max) would turn it into 0 and
+            # hide an overflow.
+            acc = tl.maximum(acc, 0.0, propagate_nan=tl.PropagateNan.ALL)
+        tl.store(out_ptr + out_off, acc.to(out_ptr.dtype.element_ty), mask=out_mask)
+
+
+@triton.jit
+def split_k_epilogue_kernel(
+    part_ptr,   # [SPLIT_K, M, C_out] fp32  partial sums from conv_bn_act_kernel
+    bias_ptr,   # [C_out] fp32
+    res_ptr,    # [M, C_out]                residual (if HAS_RESIDUAL)
+    out_ptr,    # [M, C_out]                output (NHWC: M = N*OH*OW rows)
+    M,
+    C_out: tl.constexpr, SPLIT_K: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+    RELU: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """The split-K reduction and the epilogue: the slices are summed in their order (so the
+    result does not depend on which program finished first), then bias, residual, ReLU,
+    exactly as conv_bn_act_kernel's own epilogue."""
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask = (offs_m < M)[:, None] & (offs_n < C_out)[None, :]
+    off = offs_m[:, None] * C_out + offs_n[None, :]
+    acc = tl.load(part_ptr + off, mask=mask, other=0.0)
+    for s in tl.static_range(1, SPLIT_K):
+        acc += tl.load(part_ptr + s * M * C_out + off, mask=mask, other=0.0)
+    acc += tl.load(bias_ptr + offs_n, mask=offs_n < C_out, other=0.0)[None, :]
     if HAS_RESIDUAL:
-        acc += tl.load(res_ptr + out_off, mask=out_mask, other=0.0).to(tl.float32)
+        acc += tl.load(res_ptr + off, mask=mask, other=0.0).to(tl.float32)
     if RELU:
-        # torch.relu keeps NaN; a plain maximum (and PTX max) would turn it into 0 and hide an
-        # overflow.
         acc = tl.maximum(acc, 0.0, propagate_nan=tl.PropagateNan.ALL)
-    tl.store(out_ptr + out_off, acc.to(out_ptr.dtype.element_ty), mask=out_mask)
+    tl.store(out_ptr + off, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 def configs_for(element_size):
@@ -308,11 +409,155 @@ def _uses_classic(consts):
     return consts["PAD"] > 0 and not consts["GATHER_K"]
 
 
-def candidates(consts, element_size):
+def candidates(consts, element_size, m=None, arch=None):
     """Every config the tuner times for a launch: each tile with the lean K loop and, for
-    padded tap-major convolutions, each tile with the first design's loop too."""
+    padded tap-major convolutions, each tile with the first design's loop too; when ``m``
+    (the launch's M) leaves the GPU's SMs idle, the small tiles with split-K as well; on
+    ``arch`` 90 and newer (sm_90), a TMA tile for 1x1 stride-1 convolutions."""
     size = 4 if element_size == 4 else 2
-    return _LEAN[size] + (_CLASSIC[size] if _uses_classic(consts) else [])
+    listed = _LEAN[size] + (_CLASSIC[size] if _uses_classic(consts) else [])
+    if m is not None:
+        listed = listed + split_k_candidates(m, consts, size)
+    if arch is not None and arch >= 90:
+        listed = listed + tma_candidates(consts, size)
+    return listed + strip_candidates(consts)
+
+
+# The stem's strip K walk (STRIP_K): one BLOCK_K=32 step per filter row.
+_STRIP_BLOCK_K = 32
+_STRIP_TILES = [(128, 64, 4, 4), (64, 64, 4, 4)]
+
+
+def uses_strip(consts, block_k=_STRIP_BLOCK_K):
+    """Whether the gathered K walk can run as contiguous filter-row strips (the stem)."""
+    return (consts["GATHER_K"] and consts["GROUPS"] == 1 and consts["DIL"] == 1
+            and consts["KW"] * consts["C_in"] <= block_k)
+
+
+def strip_candidates(consts):
+    """The strip-walk configs for a launch that can take them (same for every dtype: the
+    step is 32 elements either way) and, for 3-channel inputs, the strip walk over the input
+    padded to 4 channels (PAD_C, see pad_channels)."""
+    if not uses_strip(consts):
+        return []
+    configs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": _STRIP_BLOCK_K,
+                              "LEAN_K": True, "STRIP_K": True},
+                             num_warps=warps, num_stages=stages)
+               for bm, bn, warps, stages in _STRIP_TILES]
+    if can_pad_channels(consts, _PAD_C):
+        configs.append(triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": _STRIP_BLOCK_K,
+                                      "LEAN_K": True, "STRIP_K": True, "PAD_C": _PAD_C},
+                                     num_warps=4, num_stages=4))
+    return configs
+
+
+# PAD_C: the launcher copies a 3-channel NHWC input into a 4-channel one (zero fourth
+# channel; weights likewise), so every pixel starts at an 8-byte boundary and the strip walk
+# loads 4 channels per vector (cp.async) instead of one 2-byte scalar each.  A launcher
+# option, not a kernel constexpr: the kernel sees a plain C_in=4 convolution.  The tuner
+# times the copies with the kernel.
+_PAD_C = 4
+
+
+def can_pad_channels(consts, pad_c):
+    return (consts["C_in"] == 3 and consts["GROUPS"] == 1 and not consts["HAS_SHORTCUT"]
+            and uses_strip(dict(consts, C_in=pad_c)))
+
+
+def padded_scalars(ints, consts, pad_c):
+    """The constexprs of the same launch over a ``pad_c``-channel input."""
+    batch = ints["M"] // (consts["OH"] * consts["OW"])
+    index_64 = consts["INDEX_64"] or batch * pad_c * consts["H"] * consts["W"] >= INDEX_32_LIMIT
+    return dict(consts, C_in=pad_c, GATHER_K=pad_c < GATHER_K_BELOW, INDEX_64=index_64)
+
+
+def pad_channels(x, weight, pad_c, taps):
+    """``x`` ([N, C, H, W], any memory format) as a channels_last [N, pad_c, H, W] tensor with
+    zero channels after the first C, in one copy; the packed weight [taps*C, C_out] as
+    [taps*pad_c, C_out] with zero rows for those channels."""
+    c = x.shape[1]
+    xp = F.pad(x.permute(0, 2, 3, 1), (0, pad_c - c)).permute(0, 3, 1, 2)
+    wp = F.pad(weight.view(taps, c, -1), (0, 0, 0, pad_c - c)).view(taps * pad_c, -1)
+    return xp, wp
+
+
+def uses_tma(consts, element_size):
+    """Whether a launch can take TMA tiles: a 1x1 stride-1 ungrouped convolution (a plain
+    GEMM over NHWC) in fp16/bf16 whose row strides (C_in, C_out elements) are multiples of
+    16 bytes.  fp32 stays on the pointer path (fewer compiles; it is not the fast dtype)."""
+    return (element_size == 2 and (consts["KH"], consts["KW"], consts["STRIDE"], consts["PAD"],
+                                   consts["GROUPS"]) == (1, 1, 1, 0, 1)
+            and not consts["GATHER_K"] and not consts["INDEX_64"]
+            and consts["C_in"] * element_size % 16 == 0
+            and consts["C_out"] * element_size % 16 == 0)
+
+
+def tma_candidates(consts, element_size):
+    """One TMA config for a launch that can take it and walks K in at least two steps: the
+    128x128x64 tile with 8 warps, or 128x64x64 with 4 warps where C_out is 64 (a 128-wide tile
+    would be half empty)."""
+    # With a single K step (C_in = 64) there is no loop for TMA to pipeline: no candidate.
+    if not uses_tma(consts, element_size) or consts["C_in"] < 2 * 64:
+        return []
+    if consts["C_out"] >= 128:
+        tile, warps, stages = (128, 128, 64), 8, 3
+    else:
+        tile, warps, stages = (128, 64, 64), 4, 4
+    return [triton.Config({"BLOCK_M": tile[0], "BLOCK_N": tile[1], "BLOCK_K": tile[2],
+                           "LEAN_K": True, "USE_TMA": True},
+                          num_warps=warps, num_stages=stages)]
+
+
+# Split-K: a launch with fewer tiles than the GPU has SMs (batch 1: layer4 runs 8 programs on
+# an H100/H200's 132) splits its K steps over this many programs per tile, at most, keeping
+# at least MIN_SPLIT_STEPS steps per slice.
+_SMS = 132
+MIN_SPLIT_STEPS = 2
+# The tiles that get a split-K candidate: the small ones (M is small whenever the grid is).
+_SPLIT_TILES = {2: [(64, 64, 64, 4, 3), (64, 128, 64, 4, 4)],
+                4: [(64, 64, 32, 4, 4), (64, 128, 32, 4, 4)]}
+
+
+def k_steps(consts, block_k):
+    """The K steps one tile walks: every tap's channel blocks, then the shortcut's."""
+    cin_g = consts["C_in"] // consts["GROUPS"]
+    steps = consts["KH"] * consts["KW"] * triton.cdiv(cin_g, block_k)
+    return steps + (triton.cdiv(consts["C_short"], block_k) if consts["HAS_SHORTCUT"] else 0)
+
+
+def even_split(steps, split):
+    """The number of slices of ``cdiv(steps, split)`` steps that cover ``steps`` (the kernel's
+    slicing): ``split`` or fewer, never an empty slice."""
+    split = max(1, min(split, steps))
+    return triton.cdiv(steps, triton.cdiv(steps, split))
+
+
+def split_k_for(m, consts, block_m, block_n, block_k):
+    """How many slices split-K cuts K into for this tile: the fewest that bring tiles x slices
+    to the SM count, unless a slice would then hold fewer than MIN_SPLIT_STEPS steps (then as
+    many as that allows); 1 (no split) for grids that fill the GPU already and for the
+    flattened (gathered) K walk."""
+    if consts["GATHER_K"]:
+        return 1
+    cout_g = consts["C_out"] // consts["GROUPS"]
+    tiles = triton.cdiv(m, block_m) * triton.cdiv(cout_g, block_n) * consts["GROUPS"]
+    if tiles >= _SMS:
+        return 1
+    steps = k_steps(consts, block_k)
+    per_slice = max(MIN_SPLIT_STEPS, steps // triton.cdiv(_SMS, tiles))
+    return triton.cdiv(steps, per_slice) if steps >= 2 * MIN_SPLIT_STEPS else 1
+
+
+def split_k_candidates(m, consts, element_size):
+    """The split-K configs for a launch of M = ``m`` (empty when its grid fills the GPU)."""
+    configs = []
+    for bm, bn, bk, warps, stages in _SPLIT_TILES[4 if element_size == 4 else 2]:
+        split = split_k_for(m, consts, bm, bn, bk)
+        if split > 1:
+            configs.append(triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk,
+                                          "LEAN_K": True, "SPLIT_K": split},
+                                         num_warps=warps, num_stages=stages))
+    return configs
 
 
 def default_config(m, consts, element_size):
@@ -349,6 +594,31 @@ def interpreter_config(cin_g, cout_g, m, gather_k, k_total):
 
 # Which K loop the interpreter runs; the tests run both.
 INTERPRETER_LEAN_K = True
+# Split-K under the interpreter: at most this many slices (1: none); the tests set it.  With
+# a split the interpreter's BLOCK_K drops to 16, so that even 1x1 layers have steps to split.
+INTERPRETER_SPLIT_K = 1
+
+
+# TMA tiles, the stem's strip walk under the interpreter where a launch can take them (the
+# tests set these).
+INTERPRETER_TMA = False
+INTERPRETER_STRIP_K = False
+INTERPRETER_PAD_C = False
+
+
+def _interpreter_variant(config, consts, element_size):
+    """The interpreter's config with the variants the tests switch on."""
+    if INTERPRETER_TMA and uses_tma(consts, element_size):
+        config = dict(config, USE_TMA=True)
+    strip = max(16, triton.next_power_of_2(consts["KW"] * consts["C_in"]))
+    if INTERPRETER_STRIP_K and uses_strip(consts, strip):
+        config = dict(config, BLOCK_K=strip, STRIP_K=True)
+    if INTERPRETER_PAD_C and can_pad_channels(consts, _PAD_C):
+        config = dict(config, BLOCK_K=_STRIP_BLOCK_K, STRIP_K=True, PAD_C=_PAD_C)
+    if INTERPRETER_SPLIT_K == 1 or consts["GATHER_K"]:
+        return config
+    config = dict(config, BLOCK_K=16)
+    return dict(config, SPLIT_K=even_split(k_steps(consts, 16), INTERPRETER_SPLIT_K))
 
 # Triton's interpreter swaps triton.language's functions for its own while a kernel runs,
 # process-wide, so two threads interpreting at once break each other: one launch at a time.
@@ -488,6 +758,7 @@ def conv_bn_act(x, weight, bias, *, kernel_size, stride=1, padding=0, dilation=1
                          f"stride {stride}, padding {padding}, dilation {dilation}")
     out_shape = (n, c_out, oh, ow)
 
+    x_given = x  # what PAD_C copies from (one copy instead of two)
     x = x.contiguous(memory_format=torch.channels_last)
     if shortcut is not None:
         xs, ws, stride_s = shortcut
@@ -545,17 +816,73 @@ def conv_bn_act(x, weight, bias, *, kernel_size, stride=1, padding=0, dilation=1
             *ints.values())
 
     def launch(config):
-        grid = (triton.cdiv(m, config.kwargs["BLOCK_M"]) * triton.cdiv(cout_g, config.kwargs["BLOCK_N"]),
-                groups)
-        conv_bn_act_kernel[grid](*args, **consts, **autotune.launch_options(config))
+        kernel_args, kernel_consts = args, consts
+        if config.kwargs.get("PAD_C"):
+            pad_c = config.kwargs["PAD_C"]
+            kernel_args = (*pad_channels(x_given, weight, pad_c, kh * kw), *args[2:])
+            kernel_consts = padded_scalars(ints, consts, pad_c)
+            config = _without(config, "PAD_C")
+        if config.kwargs.get("USE_TMA") and not _tma_ready(x, weight):
+            config = _without(config, "USE_TMA")
+        block_m, block_n = config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"]
+        grid = (triton.cdiv(m, block_m) * triton.cdiv(cout_g, block_n), groups)
+        split = config.kwargs.get("SPLIT_K", 1)
+        if split == 1:
+            conv_bn_act_kernel[grid](*kernel_args, **kernel_consts,
+                                     **autotune.launch_options(config))
+            return
+        # Split-K: partial sums into an fp32 workspace, then one small reduce + epilogue.
+        part = torch.empty((split, m, c_out), device=device, dtype=torch.float32)
+        conv_bn_act_kernel[grid + (split,)](*kernel_args[:6], part, *kernel_args[7:],
+                                            **kernel_consts, **autotune.launch_options(config))
+        _split_k_epilogue(part, bias, residual, out, m, consts)
 
     if INTERPRETED:
         with _INTERPRETER_LOCK:
-            launch(triton.Config(interpreter_config(cin_g, cout_g, m, consts["GATHER_K"],
-                                                    kh * kw * cin_g)))
+            launch(triton.Config(_interpreter_variant(
+                interpreter_config(cin_g, cout_g, m, consts["GATHER_K"], kh * kw * cin_g),
+                consts, dtype.itemsize)))
     else:
         launch(choose_config(ints, consts, dtype, launch, device))
     return out
+
+
+def _tma_ready(x, weight):
+    """TMA descriptors need 16-byte aligned bases (a view into a larger tensor may not be);
+    on a GPU, Triton also needs an allocator for the descriptors' scratch (set here: a
+    ContextVar in Triton, so each thread needs its own)."""
+    if x.data_ptr() % 16 or weight.data_ptr() % 16:
+        return False
+    if not INTERPRETED:
+        triton.set_allocator(_tma_scratch)
+    return True
+
+
+def _tma_scratch(size, alignment, stream):
+    return torch.empty(size, dtype=torch.int8, device="cuda")
+
+
+def _without(config, name):
+    kwargs = {k: v for k, v in config.kwargs.items() if k != name}
+    return triton.Config(kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
+
+
+def _split_k_epilogue_blocks(m, c_out):
+    """(BLOCK_M, BLOCK_N) of the split-K epilogue: small row blocks on a GPU, where M is small
+    and the reduction wants many programs; the whole tensor in few programs when interpreted."""
+    block_n = min(128, max(16, triton.next_power_of_2(c_out)))
+    block_m = min(128, max(16, triton.next_power_of_2(m))) if INTERPRETED else 16
+    return block_m, block_n
+
+
+def _split_k_epilogue(part, bias, residual, out, m, consts):
+    c_out = consts["C_out"]
+    block_m, block_n = _split_k_epilogue_blocks(m, c_out)
+    grid = (triton.cdiv(m, block_m), triton.cdiv(c_out, block_n))
+    split_k_epilogue_kernel[grid](
+        part, bias, residual if residual is not None else out, out, m, C_out=c_out,
+        SPLIT_K=part.shape[0], HAS_RESIDUAL=consts["HAS_RESIDUAL"], RELU=consts["RELU"],
+        BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4)
 
 
 def choose_config(ints, consts, dtype, launch, device):
@@ -565,8 +892,25 @@ def choose_config(ints, consts, dtype, launch, device):
     element_size = dtype.itemsize
     if not autotune.enabled():
         return default_config(ints["M"], consts, element_size)
-    return _TUNER.pick(tuning_key(ints, consts, dtype), candidates(consts, element_size),
-                       launch, device)
+    key = tuning_key(ints, consts, dtype)
+    # The candidate list per key and device, built once: this runs on every launch.
+    configs = _CANDIDATES.get((device, key))
+    if configs is None:
+        configs = _CANDIDATES.setdefault((device, key), candidates(
+            consts, element_size, ints["M"], _arch(device)))
+    return _TUNER.pick(key, configs, launch, device)
+
+
+_CANDIDATES = {}
+
+
+def _arch(device):
+    """90 for sm_90, 80 for sm_80, ...; None off CUDA."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    major, minor = torch.cuda.get_device_capability(device)
+    return major * 10 + minor
 
 
 def tuning_key(ints, consts, dtype):
@@ -583,8 +927,21 @@ def compile_ahead(ints, consts, dtype, config):
     """Compile, without launching or allocating, the kernel that ``conv_bn_act`` launches for
     these scalars with ``config``: Triton's own JIT warm-up, so the cache key is the launch's
     (mock pointers of the right dtypes stand in for the tensors; PyTorch's allocations are
-    16-byte aligned, as the mocks claim).  Returns Triton's compiled kernel (None when a
+    16-byte aligned, as the mocks claim).  A split-K config writes an fp32 workspace and also
+    warms its epilogue kernel.  Returns Triton's compiled convolution kernel (None when a
     ``jit_cache_hook`` skipped the compile)."""
-    pointers = (dtype, dtype, torch.float32, dtype, dtype, dtype, dtype)
-    return conv_bn_act_kernel.warmup(*pointers, *ints.values(), **consts,
-                                      **autotune.launch_options(config), grid=(1,))
+    if config.kwargs.get("PAD_C"):
+        consts = padded_scalars(ints, consts, config.kwargs["PAD_C"])
+        config = _without(config, "PAD_C")
+    split = config.kwargs.get("SPLIT_K", 1)
+    out = torch.float32 if split > 1 else dtype
+    pointers = (dtype, dtype, torch.float32, dtype, dtype, dtype, out)
+    compiled = conv_bn_act_kernel.warmup(*pointers, *ints.values(), **consts,
+                                         **autotune.launch_options(config), grid=(1,))
+    if split > 1:
+        block_m, block_n = _split_k_epilogue_blocks(ints["M"], consts["C_out"])
+        split_k_epilogue_kernel.warmup(
+            torch.float32, torch.float32, dtype, dtype, ints["M"], C_out=consts["C_out"],
+            SPLIT_K=split, HAS_RESIDUAL=consts["HAS_RESIDUAL"], RELU=consts["RELU"],
+            BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4, grid=(1,))
+    return compiled

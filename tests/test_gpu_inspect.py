@@ -16,7 +16,11 @@ from fusedres.kernels import cudnn_allows_tf32, fused_conv
 MODELS = ("resnet18", "resnet50")
 DTYPES = ("float16", "float32")
 ARCHES = ("sm_90", "sm_80")
-CASES = [(model, dtype, arch) for model in MODELS for dtype in DTYPES for arch in ARCHES]
+# ResNet-50 in fp32 on sm_80 is left out to keep the cold compile time flat since the sm_90
+# candidates (TMA, the stem's strip walks) arrived: its geometries share their configs with
+# ResNet-50 fp32 on sm_90 and ResNet-18 fp32 on sm_80, which stay.
+CASES = [(model, dtype, arch) for model in MODELS for dtype in DTYPES for arch in ARCHES
+         if (model, dtype, arch) != ("resnet50", "float32", "sm_80")]
 
 # Far too big for 4 warps: a 256x128 fp32 accumulator alone is 256 registers per thread, and
 # two staged fp32 256x64 + 64x128 tiles need 192 KB of shared memory (sm_80 has 163 KB).
@@ -42,7 +46,7 @@ def compiled_cases():
     jobs = [gpu_inspect.Job(spec, config, gpu_inspect.ARCHES[arch], allow_tf32)
             for model, dtype, arch in CASES
             for spec in gpu_inspect.specialisations(model, gpu_inspect.DTYPES[dtype])
-            for config in gpu_inspect.candidate_configs(spec)]
+            for config in gpu_inspect.candidate_configs(spec, gpu_inspect.ARCHES[arch])]
     gpu_inspect.compile_jobs(jobs)
 
 
@@ -84,7 +88,7 @@ def test_a_spilling_config_is_reported(monkeypatch, capsys):
     assert any(p.startswith("shared memory") for p in problems)
 
     monkeypatch.setattr(gpu_inspect, "specialisations", lambda *args: [spec])
-    monkeypatch.setattr(gpu_inspect, "candidate_configs", lambda spec: [BAD_CONFIG])
+    monkeypatch.setattr(gpu_inspect, "candidate_configs", lambda spec, arch=None: [BAD_CONFIG])
     assert gpu_inspect.run(_parse("--model", "resnet18", "--dtype", "float32",
                                   "--arch", "sm_80")) == 1
     out = capsys.readouterr().out
@@ -131,7 +135,7 @@ def test_warmup_cli_compiles_every_candidate(compiled_cases, capsys):
                      "--arch", "sm_90"]) == 0
     specs = gpu_inspect.specialisations("resnet18", torch.float16)
     geometries = len(specs)
-    compiles = sum(len(gpu_inspect.candidate_configs(spec)) for spec in specs)
+    compiles = sum(len(gpu_inspect.candidate_configs(spec, 90)) for spec in specs)
     assert f"compiled {compiles} kernels for {geometries} geometries" in capsys.readouterr().out
 
 
@@ -189,3 +193,13 @@ def test_json_rows_carry_the_cost_model(compiled_cases, tmp_path, capsys):
     padded = [g for g, variant in best if variant == "classic"]
     assert padded and all(best[g, "lean"] < best[g, "classic"] for g in padded)
     assert "best candidate per geometry" in capsys.readouterr().out
+
+
+def test_filters_select_rows(capsys):
+    # The stem's padded strip candidate alone: one compile (cached once the cases above ran).
+    assert gpu_inspect.run(_parse("--model", "resnet50", "--dtype", "float16", "--arch", "sm_90",
+                                  "--geometry", "7x7/s2", "--config", "PAD_C=4")) == 0
+    out = capsys.readouterr().out
+    assert "1 specialisations x configs (1 geometries), 0 failed" in out
+    assert gpu_inspect.run(_parse("--model", "resnet50", "--dtype", "float16", "--arch", "sm_90",
+                                  "--geometry", "no such layer")) == 2

@@ -96,6 +96,329 @@ def k_loop(request, monkeypatch):
     return lean
 
 
+@pytest.fixture
+def split_k(monkeypatch):
+    """Runs a test with split-K: under the interpreter up to 3 slices of BLOCK_K=16 steps, on
+    a GPU the default tile cut into up to 3 slices.  Yields the slice count of every split
+    launch (each runs the split-K epilogue kernel once), so a test can check that K was
+    really split."""
+    monkeypatch.setattr(kernel_module, "INTERPRETER_SPLIT_K", 3)
+    default = kernel_module.choose_config
+
+    def forced(ints, consts, dtype, launch, device):
+        config = default(ints, consts, dtype, launch, device)
+        steps = kernel_module.k_steps(consts, config.kwargs["BLOCK_K"])
+        return triton.Config({**config.kwargs, "LEAN_K": True,
+                              "SPLIT_K": kernel_module.even_split(steps, 3)},
+                             num_warps=config.num_warps, num_stages=config.num_stages)
+
+    monkeypatch.setattr(kernel_module, "choose_config", forced)
+    slices = []
+    epilogue = kernel_module._split_k_epilogue
+
+    def counting(part, *args):
+        slices.append(part.shape[0])
+        return epilogue(part, *args)
+
+    monkeypatch.setattr(kernel_module, "_split_k_epilogue", counting)
+    return slices
+
+
+# Every geometry that walks K tap by tap (split-K does not apply to the gathered walk).
+TAP_MAJOR = [g for g in GEOMETRIES if g[2] // g[10] >= kernel_module.GATHER_K_BELOW]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("geometry", TAP_MAJOR, ids=[g[0] for g in TAP_MAJOR])
+@pytest.mark.parametrize("epilogue", ["residual+relu", "none"])
+def test_split_k_matches_float64(geometry, dtype, epilogue, split_k):
+    _, n, c_in, h, w, c_out, kernel, stride, padding, dilation, groups = geometry
+    if groups > 1 and dtype != torch.float16:
+        pytest.skip("grouped geometries: fp16 only (the interpreter is slow on them)")
+    x, weight, bias = _operands(n, c_in, h, w, c_out, kernel, groups, dtype)
+    relu = epilogue != "none"
+    ref = _reference(x, weight, bias, stride, padding, dilation, groups, relu=False)
+    residual = torch.randn_like(ref).to(dtype) if "residual" in epilogue else None
+    ref = _reference(x, weight, bias, stride, padding, dilation, groups, residual, relu=relu)
+    out = _launch(x, weight, bias, kernel=kernel, stride=stride, padding=padding,
+                  dilation=dilation, groups=groups, relu=relu, residual=residual)
+    assert len(split_k) == 1 and split_k[0] > 1
+    assert_close_to_reference(out, ref, rel_tol(dtype), f"split-K {geometry[0]} {dtype}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("main,shortcut_geometry", [
+    ((1, 128, 5, 5, 512, 1, 1, 0, 1), (256, 9, 9, 2)),
+    ((2, 128, 5, 4, 128, 3, 1, 1, 1), (64, 10, 8, 2)),
+    ((1, 64, 7, 7, 256, 1, 1, 0, 1), (64, 7, 7, 1)),
+], ids=["bottleneck", "basic", "stride1"])
+def test_split_k_with_shortcut_matches_float64(main, shortcut_geometry, dtype, split_k):
+    # The slices cover the main loop's steps and then the shortcut's: some slice holds both.
+    n, c_in, h, w, c_out, kernel, stride, padding, groups = main
+    c_s, hs, ws_, stride_s = shortcut_geometry
+    x, weight, bias = _operands(n, c_in, h, w, c_out, kernel, groups, dtype)
+    xs = torch.randn(n, c_s, hs, ws_, device=DEVICE).to(dtype)
+    w_short = (torch.randn(c_out, c_s, 1, 1, device=DEVICE) / c_s ** 0.5).to(dtype)
+    ref = _reference(x, weight, bias, stride, padding, 1, groups, shortcut=(xs, w_short, stride_s))
+    out = _launch(x, weight, bias, kernel=kernel, stride=stride, padding=padding, dilation=1,
+                  groups=groups, relu=True, shortcut=(xs, w_short, stride_s))
+    assert len(split_k) == 1 and split_k[0] > 1
+    assert_close_to_reference(out, ref, rel_tol(dtype), f"split-K shortcut {dtype}")
+
+
+def test_split_k_is_deterministic(split_k):
+    x, weight, bias = _operands(1, 64, 7, 7, 128, 3, 1, torch.float16)
+    first = _launch(x, weight, bias, kernel=3, stride=1, padding=1, dilation=1, groups=1,
+                    relu=True)
+    second = _launch(x, weight, bias, kernel=3, stride=1, padding=1, dilation=1, groups=1,
+                     relu=True)
+    assert split_k == [3, 3] and torch.equal(first, second)
+
+
+@pytest.fixture
+def tma(monkeypatch):
+    """Runs a test with TMA tiles where a launch can take them: under the interpreter through
+    its config, on an sm_90 GPU by forcing the TMA candidate.  Yields one entry per launch
+    that ran them."""
+    monkeypatch.setattr(kernel_module, "INTERPRETER_TMA", True)
+    if DEVICE.type == "cuda":
+        if torch.cuda.get_device_capability()[0] < 9:
+            pytest.skip("TMA needs sm_90")
+
+        def forced(ints, consts, dtype, launch, device):
+            return kernel_module.tma_candidates(consts, dtype.itemsize)[0]
+
+        monkeypatch.setattr(kernel_module, "choose_config", forced)
+    used = []
+    ready = kernel_module._tma_ready
+
+    def recording(x, weight):
+        result = ready(x, weight)
+        if result:
+            used.append(1)
+        return result
+
+    monkeypatch.setattr(kernel_module, "_tma_ready", recording)
+    return used
+
+
+# The 1x1 stride-1 geometries, which can take TMA tiles; the last has channel counts that
+# are not powers of two (tiles past the tensor's end are zero-filled by TMA).
+ONE_BY_ONE = [g for g in GEOMETRIES if g[6] == 1 and g[7] == 1] + [
+    ("1x1/s1 odd channels", 2, 72, 5, 5, 40, 1, 1, 0, 1, 1)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("geometry", ONE_BY_ONE, ids=[g[0] for g in ONE_BY_ONE])
+@pytest.mark.parametrize("epilogue", ["residual+relu", "none"])
+def test_tma_matches_float64(geometry, dtype, epilogue, tma):
+    _, n, c_in, h, w, c_out, kernel, stride, padding, dilation, groups = geometry
+    x, weight, bias = _operands(n, c_in, h, w, c_out, kernel, groups, dtype)
+    relu = epilogue != "none"
+    ref = _reference(x, weight, bias, stride, padding, dilation, groups, relu=False)
+    residual = torch.randn_like(ref).to(dtype) if "residual" in epilogue else None
+    ref = _reference(x, weight, bias, stride, padding, dilation, groups, residual, relu=relu)
+    out = _launch(x, weight, bias, kernel=kernel, stride=stride, padding=padding,
+                  dilation=dilation, groups=groups, relu=relu, residual=residual)
+    assert tma == [1]
+    assert_close_to_reference(out, ref, rel_tol(dtype), f"TMA {geometry[0]} {dtype}")
+
+
+@pytest.mark.parametrize("where", ["input", "shortcut input", "residual"])
+def test_tma_with_shortcut_keeps_nan_and_inf(where, tma):
+    # Layer1's first Bottleneck: 1x1/s1 main convolution (TMA) with a 1x1/s1 shortcut.
+    x, weight, bias = _operands(1, 64, 7, 6, 256, 1, 1, torch.float16)
+    xs = torch.randn(1, 64, 7, 6, device=DEVICE).to(torch.float16)
+    w_short = (torch.randn(256, 64, 1, 1, device=DEVICE) / 8).to(torch.float16)
+    residual = torch.randn(1, 256, 7, 6, device=DEVICE).to(torch.float16)
+    if where == "input":
+        x[0, 5, 3, 2], x[0, 9, 0, 5] = float("nan"), float("inf")
+    elif where == "shortcut input":
+        xs[0, 7, 4, 5], xs[0, 1, 6, 0] = float("nan"), -float("inf")
+    else:
+        residual[0, 100, 6, 0] = float("nan")
+    ref = _reference(x, weight, bias, 1, 0, 1, 1, residual, (xs, w_short, 1))
+    out = _launch(x, weight, bias, kernel=1, stride=1, padding=0, dilation=1, groups=1,
+                  relu=True, residual=residual, shortcut=(xs, w_short, 1))
+    assert tma == [1]
+    out, ref = out.cpu().double(), ref.cpu()
+    assert (ref.isnan() | ref.isinf()).any()
+    assert torch.equal(out.isnan(), ref.isnan()) and torch.equal(out.isinf(), ref.isinf())
+    finite = ref.isfinite()
+    assert_close_to_reference(out[finite], ref[finite], rel_tol(torch.float16), "TMA shortcut")
+
+
+def test_tma_falls_back_to_pointers_for_a_misaligned_input(tma):
+    # A channels_last view 2 bytes into its storage: no TMA descriptor may point there.
+    n, c, h, w = 1, 64, 5, 7
+    storage = torch.randn(n * h * w * c + 1, device=DEVICE).to(torch.float16)
+    x = storage[1:].view(n, h, w, c).permute(0, 3, 1, 2)
+    assert x.is_contiguous(memory_format=torch.channels_last) and x.data_ptr() % 16
+    weight = (torch.randn(128, c, 1, 1, device=DEVICE) / 8).to(torch.float16)
+    bias = torch.randn(128, device=DEVICE)
+    out = _launch(x, weight, bias, kernel=1, stride=1, padding=0, dilation=1, groups=1,
+                  relu=True)
+    assert tma == []
+    assert_close_to_reference(out, _reference(x, weight, bias, 1, 0, 1, 1),
+                              rel_tol(torch.float16), "misaligned")
+
+
+def test_tma_candidates_only_where_they_apply():
+    from fusedres import gpu_inspect
+    for model in ("resnet18", "resnet50"):
+        for spec in gpu_inspect.specialisations(model, torch.float16, 256):
+            ints, consts = kernel_module.launch_scalars(**spec._asdict(), allow_tf32=False,
+                                                        interpreted=False)
+            # 1x1 stride 1 with at least two K steps of 64 channels.
+            one_by_one = spec.kernel_size == (1, 1) and spec.stride == 1 and spec.c_in >= 128
+            on_90 = kernel_module.candidates(consts, 2, ints["M"], 90)
+            assert sum(bool(c.kwargs.get("USE_TMA")) for c in on_90) == int(one_by_one)
+            assert not any(c.kwargs.get("USE_TMA")
+                           for arch in (80, None)
+                           for c in kernel_module.candidates(consts, 2, ints["M"], arch))
+            assert not any(c.kwargs.get("USE_TMA") for c in kernel_module.candidates(
+                consts, 4, ints["M"], 90))
+
+
+@pytest.fixture
+def strip_k(monkeypatch):
+    """Runs a test with the stem's strip K walk where a launch can take it (under the
+    interpreter through its config, on a GPU by forcing the first strip candidate).  Yields
+    the BLOCK_K of every launch that ran it."""
+    monkeypatch.setattr(kernel_module, "INTERPRETER_STRIP_K", True)
+    if DEVICE.type == "cuda":
+        monkeypatch.setattr(kernel_module, "choose_config",
+                            lambda ints, consts, *_: kernel_module.strip_candidates(consts)[0])
+    used = []
+    launch = kernel_module.conv_bn_act_kernel
+
+    class Recording:
+        def __getitem__(self, grid):
+            def run(*args, **kwargs):
+                if kwargs.get("STRIP_K"):
+                    used.append(kwargs["BLOCK_K"])
+                return launch[grid](*args, **kwargs)
+            return run
+
+    monkeypatch.setattr(kernel_module, "conv_bn_act_kernel", Recording())
+    return used
+
+
+# (name, N, C_in, H, W, C_out, kernel, stride, padding): the stem and other small-channel
+# convolutions whose filter rows fit one strip.
+STRIP_GEOMETRIES = [
+    ("stem 7x7/s2 C_in=3", 2, 3, 19, 17, 64, 7, 2, 3),
+    ("7x7/s2 odd C_out", 1, 3, 12, 15, 24, 7, 2, 3),
+    ("5x5/s1 C_in=1 no padding", 3, 1, 9, 8, 16, 5, 1, 0),
+    ("3x3/s3 C_in=5 padding 2", 1, 5, 10, 11, 32, 3, 3, 2),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("geometry", STRIP_GEOMETRIES, ids=[g[0] for g in STRIP_GEOMETRIES])
+@pytest.mark.parametrize("epilogue", ["residual+relu", "none"])
+def test_strip_k_matches_float64(geometry, dtype, epilogue, strip_k):
+    _, n, c_in, h, w, c_out, kernel, stride, padding = geometry
+    x, weight, bias = _operands(n, c_in, h, w, c_out, kernel, 1, dtype)
+    relu = epilogue != "none"
+    ref = _reference(x, weight, bias, stride, padding, 1, 1, relu=False)
+    residual = torch.randn_like(ref).to(dtype) if "residual" in epilogue else None
+    ref = _reference(x, weight, bias, stride, padding, 1, 1, residual, relu=relu)
+    out = _launch(x, weight, bias, kernel=kernel, stride=stride, padding=padding, dilation=1,
+                  groups=1, relu=relu, residual=residual)
+    assert len(strip_k) == 1 and strip_k[0] >= kernel * c_in
+    assert_close_to_reference(out, ref, rel_tol(dtype), f"strip {geometry[0]} {dtype}")
+
+
+@pytest.fixture
+def pad_c(monkeypatch, strip_k):
+    """The strip walk over the 3-channel input padded to 4 channels by the launcher."""
+    monkeypatch.setattr(kernel_module, "INTERPRETER_PAD_C", True)
+    if DEVICE.type == "cuda":
+        monkeypatch.setattr(kernel_module, "choose_config", lambda ints, consts, *_: next(
+            c for c in kernel_module.strip_candidates(consts) if c.kwargs.get("PAD_C")))
+    return strip_k
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("geometry", STRIP_GEOMETRIES[:2], ids=[g[0] for g in STRIP_GEOMETRIES[:2]])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_padded_stem_matches_float64(geometry, dtype, layout, pad_c):
+    _, n, c_in, h, w, c_out, kernel, stride, padding = geometry
+    x, weight, bias = _operands(n, c_in, h, w, c_out, kernel, 1, dtype)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    ref = _reference(x, weight, bias, stride, padding, 1, 1, relu=False)
+    residual = torch.randn_like(ref).to(dtype)
+    ref = _reference(x, weight, bias, stride, padding, 1, 1, residual, relu=True)
+    out = _launch(x, weight, bias, kernel=kernel, stride=stride, padding=padding, dilation=1,
+                  groups=1, relu=True, residual=residual)
+    assert pad_c == [32]  # one strip of 7 taps x 4 channels per filter row
+    assert_close_to_reference(out, ref, rel_tol(dtype), f"padded stem {dtype}")
+
+
+def test_pad_channels_appends_zero_channels():
+    x = torch.randn(2, 3, 5, 4)
+    weight = pack_weight(torch.randn(8, 3, 7, 7), torch.float32)
+    xp, wp = kernel_module.pad_channels(x, weight, 4, 49)
+    assert xp.shape == (2, 4, 5, 4) and xp.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(xp[:, :3], x) and not xp[:, 3].any()
+    assert wp.shape == (49 * 4, 8)
+    assert torch.equal(wp.view(49, 4, 8)[:, :3], weight.view(49, 3, 8))
+    assert not wp.view(49, 4, 8)[:, 3].any()
+
+
+def test_strip_k_keeps_nan_and_inf_at_the_border(strip_k):
+    x, weight, bias = _operands(1, 3, 13, 11, 64, 7, 1, torch.float32)
+    x[0, 0, 0, 0], x[0, 2, 12, 10], x[0, 1, 6, 5] = float("inf"), float("nan"), -float("inf")
+    ref = _reference(x, weight, bias, 2, 3, 1, 1)
+    out = _launch(x, weight, bias, kernel=7, stride=2, padding=3, dilation=1, groups=1,
+                  relu=True)
+    assert len(strip_k) == 1
+    out, ref = out.cpu().double(), ref.cpu()
+    assert torch.equal(out.isnan(), ref.isnan()) and torch.equal(out.isinf(), ref.isinf())
+    finite = ref.isfinite()
+    assert torch.allclose(out[finite], ref[finite], rtol=1e-4, atol=1e-4)
+
+
+def test_strip_candidates_only_for_the_stem():
+    from fusedres import gpu_inspect
+    for spec in gpu_inspect.specialisations("resnet50", torch.float16, 256):
+        _, consts = kernel_module.launch_scalars(**spec._asdict(), allow_tf32=False,
+                                                 interpreted=False)
+        strip = kernel_module.strip_candidates(consts)
+        assert len(strip) == (3 if spec.c_in == 3 else 0)
+        assert sum(bool(c.kwargs.get("PAD_C")) for c in strip) == (spec.c_in == 3)
+    grouped = dict(consts, GATHER_K=True, C_in=64, GROUPS=32, KW=3, DIL=1)
+    assert kernel_module.strip_candidates(grouped) == []
+
+
+@pytest.mark.parametrize("model", ["resnet18", "resnet50"])
+def test_split_k_candidates_fill_the_gpu_at_batch_1(model):
+    """Batch 1's layer3/layer4 get split-K candidates that launch about one program per SM
+    (at least 128 of the 132); batch 256 gets none; the slices never hold an empty step."""
+    from fusedres import gpu_inspect
+    for batch in (1, 256):
+        for spec in gpu_inspect.specialisations(model, torch.float16, batch):
+            ints, consts = kernel_module.launch_scalars(**spec._asdict(), allow_tf32=False,
+                                                        interpreted=False)
+            split = kernel_module.split_k_candidates(ints["M"], consts, 2)
+            assert len(kernel_module.candidates(consts, 2, ints["M"])) <= 14
+            if batch == 256 or consts["GATHER_K"]:
+                assert split == []
+                continue
+            for config in split:
+                kw = config.kwargs
+                steps = kernel_module.k_steps(consts, kw["BLOCK_K"])
+                per_slice = triton.cdiv(steps, kw["SPLIT_K"])
+                assert per_slice >= kernel_module.MIN_SPLIT_STEPS
+                assert (kw["SPLIT_K"] - 1) * per_slice < steps  # the last slice is not empty
+            if consts["OH"] <= 14:  # layer3 and layer4
+                assert max(triton.cdiv(ints["M"], c.kwargs["BLOCK_M"])
+                           * triton.cdiv(spec.c_out, c.kwargs["BLOCK_N"]) * c.kwargs["SPLIT_K"]
+                           for c in split) >= 128, spec.describe()
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("geometry", GEOMETRIES, ids=[g[0] for g in GEOMETRIES])
 @pytest.mark.parametrize("epilogue", ["relu", "residual+relu", "none"])
@@ -401,6 +724,16 @@ def test_tf32_follows_cudnn_through_either_api(setting, expected):
 
 @pytest.mark.parametrize("where", ["input", "shortcut input", "residual", "padding border"])
 def test_nan_and_inf_land_where_the_reference_puts_them(where, k_loop):
+    _check_nan_and_inf(where)
+
+
+@pytest.mark.parametrize("where", ["input", "shortcut input", "residual", "padding border"])
+def test_nan_and_inf_land_where_the_reference_puts_them_with_split_k(where, split_k):
+    _check_nan_and_inf(where)
+    assert len(split_k) == 1 and split_k[0] > 1
+
+
+def _check_nan_and_inf(where):
     # Masked loads fill with 0 only outside the tensors (padding, partial tiles): a real NaN or
     # Inf in any operand must reach the output, and padding must not create one.
     x, weight, bias = _operands(1, 64, 7, 6, 128, 3, 1, torch.float32)
