@@ -620,6 +620,7 @@ def _interpreter_variant(config, consts, element_size):
     config = dict(config, BLOCK_K=16)
     return dict(config, SPLIT_K=even_split(k_steps(consts, 16), INTERPRETER_SPLIT_K))
 
+
 # Triton's interpreter swaps triton.language's functions for its own while a kernel runs,
 # process-wide, so two threads interpreting at once break each other: one launch at a time.
 _INTERPRETER_LOCK = threading.Lock()

@@ -16,7 +16,7 @@ from torch import nn
 
 import fusedres
 from fusedres import folding, timm_resnet, trace
-from fusedres.kernels import conv_bn_act, pack_weight, scale_add_act
+from fusedres.kernels import conv_bn_act, fused_conv, pack_weight, scale_add_act
 
 from .conftest import DEVICE, TF32
 from .numerics import (MODEL_HALF_TOL, assert_close_to_reference, model_tol, randomize_bn,
@@ -195,6 +195,24 @@ def test_fuse_inplace_and_again():
 def test_pooled_shortcut_matches_float64(hs, ws, dtype):
     """ResNet-D's AvgPool2d(2, 2, ceil_mode=True, count_include_pad=False) + 1x1 in the
     kernel's shortcut: odd sizes have border windows of 1 and 2 pixels."""
+    _check_pooled_shortcut(hs, ws, dtype)
+
+
+def test_pooled_shortcut_with_split_k(monkeypatch):
+    if not fused_conv.INTERPRETED:
+        pytest.skip("forces split-K through the interpreter's config (tests/test_kernel.py "
+                    "splits on a GPU)")
+    # BLOCK_K=16: 2 main steps and 3 shortcut steps in 3 slices, one of them across both.
+    monkeypatch.setattr(fused_conv, "INTERPRETER_SPLIT_K", 3)
+    epilogues = []
+    monkeypatch.setattr(fused_conv, "_split_k_epilogue",
+                        lambda *args, real=fused_conv._split_k_epilogue:
+                        epilogues.append(1) or real(*args))
+    _check_pooled_shortcut(5, 7, torch.float32)
+    assert epilogues == [1]
+
+
+def _check_pooled_shortcut(hs, ws, dtype):
     n, c_in, c_out, c_s = 2, 32, 64, 48
     oh, ow = -(-hs // 2), -(-ws // 2)
     x = torch.randn(n, c_in, oh, ow, device=DEVICE).to(dtype)
