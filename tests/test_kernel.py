@@ -124,6 +124,17 @@ def split_k(monkeypatch):
     return slices
 
 
+# (N, C_in, H, W, C_out, kernel, stride, padding, groups) of the main convolution, and
+# (C_s, HS, WS, stride_s) of the 1x1 shortcut fused into it.
+SHORTCUT_GEOMETRIES = [
+    # Bottleneck's last 1x1 conv with the downsample 1x1/s2 of the block input.
+    ((1, 128, 5, 5, 512, 1, 1, 0, 1), (256, 9, 9, 2)),
+    # BasicBlock's second 3x3 conv with a 1x1/s2 downsample.
+    ((2, 128, 5, 4, 128, 3, 1, 1, 1), (64, 10, 8, 2)),
+    # Stride-1 shortcut (layer1 of a Bottleneck network: 64 -> 256 channels).
+    ((1, 64, 7, 7, 256, 1, 1, 0, 1), (64, 7, 7, 1)),
+]
+
 # Every geometry that walks K tap by tap (split-K does not apply to the gathered walk).
 TAP_MAJOR = [g for g in GEOMETRIES if g[2] // g[10] >= kernel_module.GATHER_K_BELOW]
 
@@ -132,38 +143,19 @@ TAP_MAJOR = [g for g in GEOMETRIES if g[2] // g[10] >= kernel_module.GATHER_K_BE
 @pytest.mark.parametrize("geometry", TAP_MAJOR, ids=[g[0] for g in TAP_MAJOR])
 @pytest.mark.parametrize("epilogue", ["residual+relu", "none"])
 def test_split_k_matches_float64(geometry, dtype, epilogue, split_k):
-    _, n, c_in, h, w, c_out, kernel, stride, padding, dilation, groups = geometry
-    if groups > 1 and dtype != torch.float16:
+    if geometry[10] > 1 and dtype != torch.float16:
         pytest.skip("grouped geometries: fp16 only (the interpreter is slow on them)")
-    x, weight, bias = _operands(n, c_in, h, w, c_out, kernel, groups, dtype)
-    relu = epilogue != "none"
-    ref = _reference(x, weight, bias, stride, padding, dilation, groups, relu=False)
-    residual = torch.randn_like(ref).to(dtype) if "residual" in epilogue else None
-    ref = _reference(x, weight, bias, stride, padding, dilation, groups, residual, relu=relu)
-    out = _launch(x, weight, bias, kernel=kernel, stride=stride, padding=padding,
-                  dilation=dilation, groups=groups, relu=relu, residual=residual)
+    _check_geometry(geometry, dtype, epilogue)
     assert len(split_k) == 1 and split_k[0] > 1
-    assert_close_to_reference(out, ref, rel_tol(dtype), f"split-K {geometry[0]} {dtype}")
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("main,shortcut_geometry", [
-    ((1, 128, 5, 5, 512, 1, 1, 0, 1), (256, 9, 9, 2)),
-    ((2, 128, 5, 4, 128, 3, 1, 1, 1), (64, 10, 8, 2)),
-    ((1, 64, 7, 7, 256, 1, 1, 0, 1), (64, 7, 7, 1)),
-], ids=["bottleneck", "basic", "stride1"])
+@pytest.mark.parametrize("main,shortcut_geometry", SHORTCUT_GEOMETRIES,
+                         ids=["bottleneck", "basic", "stride1"])
 def test_split_k_with_shortcut_matches_float64(main, shortcut_geometry, dtype, split_k):
     # The slices cover the main loop's steps and then the shortcut's: some slice holds both.
-    n, c_in, h, w, c_out, kernel, stride, padding, groups = main
-    c_s, hs, ws_, stride_s = shortcut_geometry
-    x, weight, bias = _operands(n, c_in, h, w, c_out, kernel, groups, dtype)
-    xs = torch.randn(n, c_s, hs, ws_, device=DEVICE).to(dtype)
-    w_short = (torch.randn(c_out, c_s, 1, 1, device=DEVICE) / c_s ** 0.5).to(dtype)
-    ref = _reference(x, weight, bias, stride, padding, 1, groups, shortcut=(xs, w_short, stride_s))
-    out = _launch(x, weight, bias, kernel=kernel, stride=stride, padding=padding, dilation=1,
-                  groups=groups, relu=True, shortcut=(xs, w_short, stride_s))
+    _check_shortcut(main, shortcut_geometry, dtype)
     assert len(split_k) == 1 and split_k[0] > 1
-    assert_close_to_reference(out, ref, rel_tol(dtype), f"split-K shortcut {dtype}")
 
 
 def test_split_k_is_deterministic(split_k):
@@ -423,9 +415,13 @@ def test_split_k_candidates_fill_the_gpu_at_batch_1(model):
 @pytest.mark.parametrize("geometry", GEOMETRIES, ids=[g[0] for g in GEOMETRIES])
 @pytest.mark.parametrize("epilogue", ["relu", "residual+relu", "none"])
 def test_geometry_matches_float64(geometry, dtype, epilogue, k_loop):
-    _, n, c_in, h, w, c_out, kernel, stride, padding, dilation, groups = geometry
-    if not k_loop and c_in // groups < kernel_module.GATHER_K_BELOW:
+    if not k_loop and geometry[2] // geometry[10] < kernel_module.GATHER_K_BELOW:
         pytest.skip("the flattened K walk has one loop; LEAN_K does not apply")
+    _check_geometry(geometry, dtype, epilogue)
+
+
+def _check_geometry(geometry, dtype, epilogue):
+    _, n, c_in, h, w, c_out, kernel, stride, padding, dilation, groups = geometry
     x, weight, bias = _operands(n, c_in, h, w, c_out, kernel, groups, dtype)
     relu = epilogue != "none"
     ref = _reference(x, weight, bias, stride, padding, dilation, groups, relu=False)
@@ -438,15 +434,13 @@ def test_geometry_matches_float64(geometry, dtype, epilogue, k_loop):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("main,shortcut_geometry", [
-    # Bottleneck's last 1x1 conv with the downsample 1x1/s2 of the block input.
-    ((1, 128, 5, 5, 512, 1, 1, 0, 1), (256, 9, 9, 2)),
-    # BasicBlock's second 3x3 conv with a 1x1/s2 downsample.
-    ((2, 128, 5, 4, 128, 3, 1, 1, 1), (64, 10, 8, 2)),
-    # Stride-1 shortcut (layer1 of a Bottleneck network: 64 -> 256 channels).
-    ((1, 64, 7, 7, 256, 1, 1, 0, 1), (64, 7, 7, 1)),
-], ids=["bottleneck", "basic", "stride1"])
+@pytest.mark.parametrize("main,shortcut_geometry", SHORTCUT_GEOMETRIES,
+                         ids=["bottleneck", "basic", "stride1"])
 def test_shortcut_fusion_matches_float64(main, shortcut_geometry, dtype):
+    _check_shortcut(main, shortcut_geometry, dtype)
+
+
+def _check_shortcut(main, shortcut_geometry, dtype):
     n, c_in, h, w, c_out, kernel, stride, padding, groups = main
     c_s, hs, ws_, stride_s = shortcut_geometry
     x, weight, bias = _operands(n, c_in, h, w, c_out, kernel, groups, dtype)
