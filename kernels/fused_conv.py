@@ -413,13 +413,14 @@ def candidates(consts, element_size, m=None, arch=None):
     """Every config the tuner times for a launch: each tile with the lean K loop and, for
     padded tap-major convolutions, each tile with the first design's loop too; when ``m``
     (the launch's M) leaves the GPU's SMs idle, the small tiles with split-K as well; on
-    ``arch`` 90 and newer (sm_90), a TMA tile for 1x1 stride-1 convolutions."""
+    ``arch`` 90 and newer (sm_90), a TMA tile for 1x1 stride-1 convolutions and no tile of
+    fewer than 4 warps (wgmma needs a warpgroup: such a tile compiles to Ampere's HMMA)."""
     size = 4 if element_size == 4 else 2
     listed = _LEAN[size] + (_CLASSIC[size] if _uses_classic(consts) else [])
     if m is not None:
         listed = listed + split_k_candidates(m, consts, size)
     if arch is not None and arch >= 90:
-        listed = listed + tma_candidates(consts, size)
+        listed = [c for c in listed if c.num_warps >= 4] + tma_candidates(consts, size)
     return listed + strip_candidates(consts)
 
 

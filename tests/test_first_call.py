@@ -289,6 +289,18 @@ def test_default_config_is_a_candidate_for_every_geometry(dtype):
     assert fused_conv.default_config(49, dict(layer, C_out=512), 2).kwargs["BLOCK_M"] == 64
 
 
+def test_sm_90_candidates_all_fill_a_warpgroup():
+    # A 2-warp tile compiles to HMMA, not wgmma, on sm_90: listed for sm_80 only.
+    for dtype in (torch.float16, torch.float32):
+        _, consts = fused_conv.launch_scalars(
+            batch=1, c_in=256, height=14, width=14, c_out=256, kernel_size=(3, 3), stride=1,
+            padding=1, dilation=1, groups=1, relu=True, residual=True, shortcut=None,
+            dtype=dtype, allow_tf32=True, interpreted=False)
+        m, size = 14 * 14, dtype.itemsize
+        assert min(c.num_warps for c in fused_conv.candidates(consts, size, m, 80)) == 2
+        assert min(c.num_warps for c in fused_conv.candidates(consts, size, m, 90)) >= 4
+
+
 def test_padded_convolutions_try_both_k_loops():
     _, padded = fused_conv.launch_scalars(
         batch=8, c_in=64, height=56, width=56, c_out=64, kernel_size=(3, 3), stride=1,
