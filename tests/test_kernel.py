@@ -204,16 +204,8 @@ ONE_BY_ONE = [g for g in GEOMETRIES if g[6] == 1 and g[7] == 1] + [
 @pytest.mark.parametrize("geometry", ONE_BY_ONE, ids=[g[0] for g in ONE_BY_ONE])
 @pytest.mark.parametrize("epilogue", ["residual+relu", "none"])
 def test_tma_matches_float64(geometry, dtype, epilogue, tma):
-    _, n, c_in, h, w, c_out, kernel, stride, padding, dilation, groups = geometry
-    x, weight, bias = _operands(n, c_in, h, w, c_out, kernel, groups, dtype)
-    relu = epilogue != "none"
-    ref = _reference(x, weight, bias, stride, padding, dilation, groups, relu=False)
-    residual = torch.randn_like(ref).to(dtype) if "residual" in epilogue else None
-    ref = _reference(x, weight, bias, stride, padding, dilation, groups, residual, relu=relu)
-    out = _launch(x, weight, bias, kernel=kernel, stride=stride, padding=padding,
-                  dilation=dilation, groups=groups, relu=relu, residual=residual)
+    _check_geometry(geometry, dtype, epilogue)
     assert tma == [1]
-    assert_close_to_reference(out, ref, rel_tol(dtype), f"TMA {geometry[0]} {dtype}")
 
 
 @pytest.mark.parametrize("where", ["input", "shortcut input", "residual"])
