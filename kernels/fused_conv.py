@@ -627,11 +627,25 @@ def _interpreter_variant(config, consts, element_size):
 _INTERPRETER_LOCK = threading.Lock()
 
 
-def _check_activation(name, t, device, dtype):
+def check_launch_input(name, t):
+    """A launcher's main activation: a 4-D tensor of a supported dtype (shared with the
+    other kernels' launchers, so every launcher words its errors alike)."""
+    _check_4d(name, t)
+    if t.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"unsupported {name} dtype {t.dtype}; expected one of "
+                        f"{', '.join(str(d) for d in SUPPORTED_DTYPES)}")
+
+
+def _check_4d(name, t):
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if t.dim() != 4:
         raise ValueError(f"{name} must be 4-D (N, C, H, W), got shape {tuple(t.shape)}")
+
+
+def check_activation(name, t, device, dtype):
+    """Another activation of the same launch: 4-D, on the input's device, in its dtype."""
+    _check_4d(name, t)
     if t.device != device:
         raise ValueError(f"{name} is on {t.device} but the input is on {device}")
     if t.dtype != dtype:
@@ -726,13 +740,7 @@ def conv_bn_act(x, weight, bias, *, kernel_size, stride=1, padding=0, dilation=1
               rounds like eager cuDNN.
     Returns the output as a channels_last [N, C_out, OH, OW] tensor.
     """
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() != 4:
-        raise ValueError(f"input must be 4-D (N, C, H, W), got shape {tuple(x.shape)}")
-    if x.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"unsupported input dtype {x.dtype}; expected one of "
-                        f"{', '.join(str(d) for d in SUPPORTED_DTYPES)}")
+    check_launch_input("input", x)
     device, dtype = x.device, x.dtype
     kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
     for name, value in (("stride", stride), ("padding", padding), ("dilation", dilation)):
@@ -764,7 +772,7 @@ def conv_bn_act(x, weight, bias, *, kernel_size, stride=1, padding=0, dilation=1
     x = x.contiguous(memory_format=torch.channels_last)
     if shortcut is not None:
         xs, ws, stride_s = shortcut
-        _check_activation("shortcut input", xs, device, dtype)
+        check_activation("shortcut input", xs, device, dtype)
         c_short = xs.shape[1]
         _check_packed("shortcut weight", ws, c_short, c_out, device, dtype)
         hs, wsz = xs.shape[2:]
@@ -785,7 +793,7 @@ def conv_bn_act(x, weight, bias, *, kernel_size, stride=1, padding=0, dilation=1
     else:
         xs, ws, stride_s, c_short, hs, wsz = x, weight, 1, 0, 0, 0
     if residual is not None:
-        _check_activation("residual", residual, device, dtype)
+        check_activation("residual", residual, device, dtype)
         if tuple(residual.shape) != out_shape:
             raise ValueError(f"residual has shape {tuple(residual.shape)} but the convolution "
                              f"produces {out_shape}")
@@ -793,7 +801,7 @@ def conv_bn_act(x, weight, bias, *, kernel_size, stride=1, padding=0, dilation=1
     if out is None:
         out = torch.empty(out_shape, device=device, dtype=dtype, memory_format=torch.channels_last)
     else:
-        _check_activation("out", out, device, dtype)
+        check_activation("out", out, device, dtype)
         if tuple(out.shape) != out_shape or not out.is_contiguous(memory_format=torch.channels_last):
             raise ValueError(f"out must be a channels_last tensor of shape {out_shape}")
         # Programs read inputs other programs overwrite, and the autotuner re-runs the launch.

@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .fused_conv import INTERPRETED, SUPPORTED_DTYPES
+from .fused_conv import INTERPRETED, check_activation, check_launch_input
 
 # Elements per program: under the interpreter few, large programs are what is fast (it pays
 # per program); on a GPU a 1-D elementwise kernel of 1,024 elements per 4 warps keeps loads
@@ -51,23 +51,18 @@ def scale_add_act(y, gate, residual, *, relu=True):
     gate:        [N, C, 1, 1] or [N, C], same dtype and device.
     Returns a new channels_last [N, C, H, W] tensor.
     """
-    for name, t in (("y", y), ("gate", gate), ("residual", residual)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if y.dim() != 4:
-        raise ValueError(f"y must be 4-D (N, C, H, W), got shape {tuple(y.shape)}")
-    if y.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"unsupported dtype {y.dtype}; expected one of "
-                        f"{', '.join(str(d) for d in SUPPORTED_DTYPES)}")
+    check_launch_input("y", y)
+    check_activation("residual", residual, y.device, y.dtype)
     n, c, h, w = y.shape
     if residual.shape != y.shape:
         raise ValueError(f"residual has shape {tuple(residual.shape)}, y has {tuple(y.shape)}")
+    if not isinstance(gate, torch.Tensor):
+        raise TypeError(f"gate must be a torch.Tensor, got {type(gate).__name__}")
     if gate.shape not in ((n, c), (n, c, 1, 1)):
         raise ValueError(f"gate must have shape {(n, c, 1, 1)} or {(n, c)}, got "
                          f"{tuple(gate.shape)}")
-    for name, t in (("gate", gate), ("residual", residual)):
-        if t.dtype != y.dtype or t.device != y.device:
-            raise ValueError(f"{name} is {t.dtype} on {t.device}; y is {y.dtype} on {y.device}")
+    if gate.dtype != y.dtype or gate.device != y.device:
+        raise ValueError(f"gate is {gate.dtype} on {gate.device}; y is {y.dtype} on {y.device}")
     y = y.contiguous(memory_format=torch.channels_last)
     residual = residual.contiguous(memory_format=torch.channels_last)
     gate = gate.reshape(n, c).contiguous()
