@@ -113,7 +113,8 @@ def _write_kernel_report(path):
     from fusedres.kernels import fused_conv
     rows = []
     try:
-        for caches in fused_conv.conv_bn_act_kernel.device_caches.values():
+        jit_caches = [c for jit in fused_conv.JIT_FUNCTIONS for c in jit.device_caches.values()]
+        for caches in jit_caches:
             for key, kernel in caches[0].items():
                 meta = kernel.metadata
                 rows.append({"key": str(key), "n_regs": kernel.n_regs,

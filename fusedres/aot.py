@@ -150,18 +150,17 @@ def target_driver(arch):
     exists.  The JIT builds its per-device state (binder, backend, in-memory kernels) once per
     device from the driver's target and keys nothing on the target afterwards, so the block
     gets fresh state, and the state from before comes back after it."""
-    driver = triton.runtime.driver
-    kernels_ = (conv_kernel.conv_bn_act_kernel, conv_kernel.split_k_epilogue_kernel)
-    previous, previous_caches = driver._active, [k.device_caches for k in kernels_]
+    driver, jits = triton.runtime.driver, conv_kernel.JIT_FUNCTIONS
+    previous, previous_caches = driver._active, [jit.device_caches for jit in jits]
     driver.set_active(_TargetDriver(arch))
-    for kernel in kernels_:
-        kernel.device_caches = collections.defaultdict(kernel.create_binder)
+    for jit in jits:
+        jit.device_caches = collections.defaultdict(jit.create_binder)
     try:
         yield
     finally:
         driver._active = previous
-        for kernel, caches in zip(kernels_, previous_caches):
-            kernel.device_caches = caches
+        for jit, caches in zip(jits, previous_caches):
+            jit.device_caches = caches
 
 
 @contextlib.contextmanager

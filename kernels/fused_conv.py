@@ -388,6 +388,11 @@ def split_k_epilogue_kernel(
     tl.store(out_ptr + off, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
+# The JIT functions the launcher below runs: fusedres.aot compiles them ahead for a target
+# (swapping their per-device JIT state) and the benchmarks' kernel report reads them back.
+JIT_FUNCTIONS = (conv_bn_act_kernel, split_k_epilogue_kernel)
+
+
 def configs_for(element_size):
     """The autotune configs for activations of ``element_size`` bytes (see HALF_CONFIGS)."""
     return FLOAT_CONFIGS if element_size == 4 else HALF_CONFIGS
