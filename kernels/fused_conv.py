@@ -182,7 +182,9 @@ def conv_bn_act_kernel(
     # Split-K (SPLIT_K > 1; grids that leave SMs idle, e.g. batch 1): program_id(2) takes one
     # contiguous slice of the K steps, the main loop's and then the shortcut's, and stores an
     # fp32 partial tile; split_k_epilogue_kernel sums the slices in a fixed order and runs the
-    # epilogue.  With SPLIT_K == 1 the bounds are the constants they always were.
+    # epilogue.  The slices differ by at most one step (floor(s*steps/SPLIT_K) bounds), so any
+    # count up to the step count works and none is empty: the launcher picks the count that
+    # fills the SMs exactly.  With SPLIT_K == 1 the bounds are the constants they always were.
     c_steps: tl.constexpr = (cin_g + BLOCK_K - 1) // BLOCK_K
     main_steps: tl.constexpr = KH * KW * c_steps
     tl.static_assert(SPLIT_K == 1 or not GATHER_K, "split-K walks the tap-major K loop only")
@@ -193,9 +195,10 @@ def conv_bn_act_kernel(
         short_hi = C_short
     else:
         short_steps: tl.constexpr = (C_short + BLOCK_K - 1) // BLOCK_K if HAS_SHORTCUT else 0
-        per_split: tl.constexpr = (main_steps + short_steps + SPLIT_K - 1) // SPLIT_K
-        k_lo = tl.program_id(2) * per_split
-        k_hi = tl.minimum(k_lo + per_split, main_steps + short_steps)
+        all_steps: tl.constexpr = main_steps + short_steps
+        tl.static_assert(SPLIT_K <= all_steps, "split-K: more slices than K steps")
+        k_lo = tl.program_id(2) * all_steps // SPLIT_K
+        k_hi = (tl.program_id(2) + 1) * all_steps // SPLIT_K
         main_lo = tl.minimum(k_lo, main_steps)
         main_hi = tl.minimum(k_hi, main_steps)
         short_lo = (tl.maximum(k_lo, main_steps) - main_steps) * BLOCK_K
@@ -403,9 +406,27 @@ def _with_loop(configs, lean):
                           num_stages=c.num_stages) for c in configs]
 
 
-# Each tile with the lean K loop, and with the first design's loop (LEAN_K off).
+def _tile(config):
+    kw = config.kwargs
+    return kw["BLOCK_M"], kw["BLOCK_N"], kw["BLOCK_K"]
+
+
+# The tuner times at most this many candidates per launch (each is a compile on the first
+# call, see ``candidates``).
+MAX_CANDIDATES = 8
+
+# Each tile with the lean K loop; the first design's loop (LEAN_K off) on the two wide tiles
+# only: those won the padded 3x3 layers at large batches on an H200 (docs/benchmarks.md), and
+# on sm_90 the first design's other tiles issue more than 2 warp-instructions per 1,000 FMA
+# (128x64x32: 2.3, 64x64x64: 2.7; `fusedres inspect`).
+_CLASSIC_TILES = {2: ((128, 128, 64), (64, 128, 64)), 4: ((128, 128, 32), (64, 128, 32))}
 _LEAN = {size: _with_loop(configs_for(size), True) for size in (2, 4)}
-_CLASSIC = {size: _with_loop(configs_for(size), False) for size in (2, 4)}
+_CLASSIC = {size: [c for c in _with_loop(configs_for(size), False)
+                   if _tile(c) in _CLASSIC_TILES[size]] for size in (2, 4)}
+# The stem's gathered K walk on sm_90 keeps only the tile that won it on an H200 (run 2): the
+# gathered walk issues 3.7-11 warp-instructions per 1,000 FMA there, the strip walk (below)
+# 1.9; this tile stays as the proven fallback until a GPU run has timed the strips.
+_PROVEN_GATHERED_TILE = (128, 128, 32)
 
 
 def _uses_classic(consts):
@@ -415,18 +436,31 @@ def _uses_classic(consts):
 
 
 def candidates(consts, element_size, m=None, arch=None):
-    """Every config the tuner times for a launch: each tile with the lean K loop and, for
-    padded tap-major convolutions, each tile with the first design's loop too; when ``m``
-    (the launch's M) leaves the GPU's SMs idle, the small tiles with split-K as well; on
-    ``arch`` 90 and newer (sm_90), a TMA tile for 1x1 stride-1 convolutions and no tile of
-    fewer than 4 warps (wgmma needs a warpgroup: such a tile compiles to Ampere's HMMA)."""
+    """Every config the tuner times for a launch, at most MAX_CANDIDATES:
+
+    * each tile with the lean K loop;
+    * padded tap-major convolutions: the wide tiles with the first design's loop too, unless
+      the grid leaves SMs idle (``m`` given and split-K applies), where split-K takes their
+      place;
+    * when ``m`` (the launch's M) leaves the GPU's SMs idle, the small tiles with split-K;
+    * the stem: its strip walks (over the input padded to 4 channels where it is RGB).
+    On ``arch`` 90 and newer (sm_90) only what issues at most about 2 warp-instructions per
+    1,000 FMA there, on wgmma: no tile of fewer than 4 warps (wgmma needs a warpgroup: such a
+    tile compiles to Ampere's HMMA), no 64x64 tile on padded convolutions (2.0-2.4), of the
+    stem's gathered walk only the proven tile; and a TMA tile for 1x1 stride-1 convolutions.
+    """
     size = 4 if element_size == 4 else 2
-    listed = _LEAN[size] + (_CLASSIC[size] if _uses_classic(consts) else [])
-    if m is not None:
-        listed = listed + split_k_candidates(m, consts, size)
-    if arch is not None and arch >= 90:
-        listed = [c for c in listed if c.num_warps >= 4] + tma_candidates(consts, size)
-    return listed + strip_candidates(consts)
+    hopper = arch is not None and arch >= 90
+    split = split_k_candidates(m, consts, size) if m is not None else []
+    listed = _LEAN[size] + (_CLASSIC[size] if _uses_classic(consts) and not split else [])
+    listed += split
+    strips = strip_candidates(consts)
+    if hopper:
+        listed = [c for c in listed if c.num_warps >= 4
+                  and not (_uses_classic(consts) and _tile(c)[:2] == (64, 64))
+                  and not (strips and _tile(c) != _PROVEN_GATHERED_TILE)]
+        listed += tma_candidates(consts, size)
+    return listed + strips
 
 
 # The stem's strip K walk (STRIP_K): one BLOCK_K=32 step per filter row.
@@ -442,19 +476,15 @@ def uses_strip(consts, block_k=_STRIP_BLOCK_K):
 
 def strip_candidates(consts):
     """The strip-walk configs for a launch that can take them (same for every dtype: the
-    step is 32 elements either way) and, for 3-channel inputs, the strip walk over the input
-    padded to 4 channels (PAD_C, see pad_channels)."""
+    step is 32 elements either way): over the input padded to 4 channels (PAD_C, see
+    pad_channels) where it has 3, so that the strips load as vectors, else as it is."""
     if not uses_strip(consts):
         return []
-    configs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": _STRIP_BLOCK_K,
-                              "LEAN_K": True, "STRIP_K": True},
-                             num_warps=warps, num_stages=stages)
-               for bm, bn, warps, stages in _STRIP_TILES]
-    if can_pad_channels(consts, _PAD_C):
-        configs.append(triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": _STRIP_BLOCK_K,
-                                      "LEAN_K": True, "STRIP_K": True, "PAD_C": _PAD_C},
-                                     num_warps=4, num_stages=4))
-    return configs
+    pad = {"PAD_C": _PAD_C} if can_pad_channels(consts, _PAD_C) else {}
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": _STRIP_BLOCK_K,
+                           "LEAN_K": True, "STRIP_K": True, **pad},
+                          num_warps=warps, num_stages=stages)
+            for bm, bn, warps, stages in _STRIP_TILES]
 
 
 # PAD_C: the launcher copies a 3-channel NHWC input into a 4-channel one (zero fourth
@@ -515,10 +545,9 @@ def tma_candidates(consts, element_size):
 
 
 # Split-K: a launch with fewer tiles than the GPU has SMs (batch 1: layer4 runs 8 programs on
-# an H100/H200's 132) splits its K steps over this many programs per tile, at most, keeping
-# at least MIN_SPLIT_STEPS steps per slice.
+# an H100/H200's 132) splits each tile's K steps into as many slices as bring it to one
+# program per SM.
 _SMS = 132
-MIN_SPLIT_STEPS = 2
 # The tiles that get a split-K candidate: the small ones (M is small whenever the grid is).
 _SPLIT_TILES = {2: [(64, 64, 64, 4, 3), (64, 128, 64, 4, 4)],
                 4: [(64, 64, 32, 4, 4), (64, 128, 32, 4, 4)]}
@@ -531,27 +560,18 @@ def k_steps(consts, block_k):
     return steps + (triton.cdiv(consts["C_short"], block_k) if consts["HAS_SHORTCUT"] else 0)
 
 
-def even_split(steps, split):
-    """The number of slices of ``cdiv(steps, split)`` steps that cover ``steps`` (the kernel's
-    slicing): ``split`` or fewer, never an empty slice."""
-    split = max(1, min(split, steps))
-    return triton.cdiv(steps, triton.cdiv(steps, split))
-
-
 def split_k_for(m, consts, block_m, block_n, block_k):
     """How many slices split-K cuts K into for this tile: the fewest that bring tiles x slices
-    to the SM count, unless a slice would then hold fewer than MIN_SPLIT_STEPS steps (then as
-    many as that allows); 1 (no split) for grids that fill the GPU already and for the
-    flattened (gathered) K walk."""
+    to the SM count, at most one per K step (the kernel's slices differ by at most one step,
+    so a slice of 1-2 steps is the shortest); 1 (no split) for grids that fill the GPU already
+    and for the flattened (gathered) K walk."""
     if consts["GATHER_K"]:
         return 1
     cout_g = consts["C_out"] // consts["GROUPS"]
     tiles = triton.cdiv(m, block_m) * triton.cdiv(cout_g, block_n) * consts["GROUPS"]
     if tiles >= _SMS:
         return 1
-    steps = k_steps(consts, block_k)
-    per_slice = max(MIN_SPLIT_STEPS, steps // triton.cdiv(_SMS, tiles))
-    return triton.cdiv(steps, per_slice) if steps >= 2 * MIN_SPLIT_STEPS else 1
+    return min(triton.cdiv(_SMS, tiles), k_steps(consts, block_k))
 
 
 def split_k_candidates(m, consts, element_size):
@@ -569,9 +589,10 @@ def split_k_candidates(m, consts, element_size):
 def default_config(m, consts, element_size):
     """The config used without autotuning (FUSEDRES_AUTOTUNE=0): the widest tile whose grid
     still fills the GPU, a narrower one for 64-channel layers, 64x64 for small grids; the
-    first design's K loop for padded convolutions, the lean one otherwise."""
+    first design's K loop for padded convolutions where that tile has it (the wide ones),
+    the lean one otherwise.  Always one of ``candidates`` (on a target that lists the tile)."""
     size = 4 if element_size == 4 else 2
-    configs = (_CLASSIC if _uses_classic(consts) else _LEAN)[size]
+    configs = (_CLASSIC[size] if _uses_classic(consts) else []) + _LEAN[size]
     cout_g = consts["C_out"] // consts["GROUPS"]
     by_tile = {}
     for c in configs:  # the first listed config of each tile shape
@@ -624,7 +645,7 @@ def _interpreter_variant(config, consts, element_size):
     if INTERPRETER_SPLIT_K == 1 or consts["GATHER_K"]:
         return config
     config = dict(config, BLOCK_K=16)
-    return dict(config, SPLIT_K=even_split(k_steps(consts, 16), INTERPRETER_SPLIT_K))
+    return dict(config, SPLIT_K=min(k_steps(consts, 16), INTERPRETER_SPLIT_K))
 
 
 # Triton's interpreter swaps triton.language's functions for its own while a kernel runs,

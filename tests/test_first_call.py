@@ -279,8 +279,11 @@ def test_default_config_is_a_candidate_for_every_geometry(dtype):
                                                          interpreted=False)
                 config = fused_conv.default_config(ints["M"], consts, size)
                 assert config in fused_conv.candidates(consts, size)
-                # Padded tap-major convolutions run the first design's loop by default.
-                assert config.kwargs["LEAN_K"] is (consts["PAD"] == 0 or consts["GATHER_K"])
+                # Padded tap-major convolutions run the first design's loop by default on
+                # the tiles that have it as a candidate.
+                classic = (consts["PAD"] > 0 and not consts["GATHER_K"]
+                           and config.kwargs["BLOCK_N"] == 128)
+                assert config.kwargs["LEAN_K"] is not classic
     # Large grids get the wide tile (the first listed one: 128x128x64), batch 1's layer4 a
     # small one.
     layer = {"C_out": 256, "GROUPS": 1, "PAD": 0, "GATHER_K": False}
@@ -306,7 +309,10 @@ def test_padded_convolutions_try_both_k_loops():
         batch=8, c_in=64, height=56, width=56, c_out=64, kernel_size=(3, 3), stride=1,
         padding=1, dilation=1, groups=1, relu=True, residual=False, shortcut=None,
         dtype=torch.float16, allow_tf32=False, interpreted=False)
-    assert [c.kwargs["LEAN_K"] for c in fused_conv.candidates(padded, 2)] == [True] * 6 + [False] * 6
+    # The first design's loop on the two wide tiles; not where split-K takes their place.
+    assert [c.kwargs["LEAN_K"] for c in fused_conv.candidates(padded, 2)] == [True] * 6 + [False] * 2
+    assert {c.kwargs["LEAN_K"] for c in fused_conv.candidates(padded, 2, m=3136)} == {True}
+    assert {c.kwargs["LEAN_K"] for c in fused_conv.candidates(padded, 2, m=49)} == {True}
     assert {c.kwargs["LEAN_K"] for c in fused_conv.candidates(dict(padded, PAD=0), 2)} == {True}
     assert {c.kwargs["LEAN_K"] for c in fused_conv.candidates(dict(padded, GATHER_K=True), 4)} \
         == {True}

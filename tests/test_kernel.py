@@ -21,6 +21,7 @@ from .numerics import assert_close_to_reference, rel_tol
 
 # The kernel module itself: the package re-exports its launcher under the same name.
 from fusedres.kernels import fused_conv as kernel_module
+from fusedres.kernels import autotune
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
@@ -109,7 +110,7 @@ def split_k(monkeypatch):
         config = default(ints, consts, dtype, launch, device)
         steps = kernel_module.k_steps(consts, config.kwargs["BLOCK_K"])
         return triton.Config({**config.kwargs, "LEAN_K": True,
-                              "SPLIT_K": kernel_module.even_split(steps, 3)},
+                              "SPLIT_K": min(steps, 3)},
                              num_warps=config.num_warps, num_stages=config.num_stages)
 
     monkeypatch.setattr(kernel_module, "choose_config", forced)
@@ -272,7 +273,8 @@ def strip_k(monkeypatch):
     monkeypatch.setattr(kernel_module, "INTERPRETER_STRIP_K", True)
     if DEVICE.type == "cuda":
         monkeypatch.setattr(kernel_module, "choose_config",
-                            lambda ints, consts, *_: kernel_module.strip_candidates(consts)[0])
+                            lambda ints, consts, *_: kernel_module._without(
+                                kernel_module.strip_candidates(consts)[0], "PAD_C"))
     used = []
     launch = kernel_module.conv_bn_act_kernel
 
@@ -371,36 +373,70 @@ def test_strip_candidates_only_for_the_stem():
         _, consts = kernel_module.launch_scalars(**spec._asdict(), allow_tf32=False,
                                                  interpreted=False)
         strip = kernel_module.strip_candidates(consts)
-        assert len(strip) == (3 if spec.c_in == 3 else 0)
-        assert sum(bool(c.kwargs.get("PAD_C")) for c in strip) == (spec.c_in == 3)
+        assert len(strip) == (2 if spec.c_in == 3 else 0)
+        # RGB input: every strip over the input padded to 4 channels (vector loads).
+        assert all(c.kwargs.get("PAD_C") == 4 for c in strip)
+    one_channel = dict(consts, C_in=1, GATHER_K=True, GROUPS=1, KW=7, DIL=1)
+    assert [c.kwargs.get("PAD_C") for c in kernel_module.strip_candidates(one_channel)] \
+        == [None, None]
     grouped = dict(consts, GATHER_K=True, C_in=64, GROUPS=32, KW=3, DIL=1)
     assert kernel_module.strip_candidates(grouped) == []
 
 
+@pytest.mark.parametrize("model", ["resnet18", "resnet50", "resnext50_32x4d"])
+def test_at_most_eight_candidates_per_launch(model):
+    """Every candidate is a compile on a launch's first call: at most MAX_CANDIDATES, on
+    either target, at batch 1 (split-K) and 256, in every dtype.  On sm_90: 4 warps or more,
+    no 64x64 tile on padded convolutions, of the stem's gathered walk only the proven tile."""
+    from fusedres import gpu_inspect
+    for dtype in DTYPES:
+        for batch in (1, 256):
+            for spec in gpu_inspect.specialisations(model, dtype, batch):
+                ints, consts = kernel_module.launch_scalars(**spec._asdict(), allow_tf32=True,
+                                                            interpreted=False)
+                for arch in (80, 90, None):
+                    listed = kernel_module.candidates(consts, dtype.itemsize, ints["M"], arch)
+                    assert 0 < len(listed) <= kernel_module.MAX_CANDIDATES, spec.describe()
+                    assert len({autotune.describe(c) for c in listed}) == len(listed)
+                    if arch != 90:
+                        continue
+                    assert min(c.num_warps for c in listed) >= 4
+                    if consts["PAD"] and not consts["GATHER_K"]:
+                        assert (64, 64) not in {kernel_module._tile(c)[:2] for c in listed}
+                    if kernel_module.strip_candidates(consts):
+                        gathered = [c for c in listed if not c.kwargs.get("STRIP_K")]
+                        assert [kernel_module._tile(c) for c in gathered] == [(128, 128, 32)]
+
+
 @pytest.mark.parametrize("model", ["resnet18", "resnet50"])
 def test_split_k_candidates_fill_the_gpu_at_batch_1(model):
-    """Batch 1's layer3/layer4 get split-K candidates that launch about one program per SM
-    (at least 128 of the 132); batch 256 gets none; the slices never hold an empty step."""
+    """Batch 1's layer3/layer4 get split-K candidates that launch at least one program per SM
+    (132); batch 256 gets none; there are never more slices than K steps (an empty slice)."""
     from fusedres import gpu_inspect
     for batch in (1, 256):
         for spec in gpu_inspect.specialisations(model, torch.float16, batch):
             ints, consts = kernel_module.launch_scalars(**spec._asdict(), allow_tf32=False,
                                                         interpreted=False)
             split = kernel_module.split_k_candidates(ints["M"], consts, 2)
-            assert len(kernel_module.candidates(consts, 2, ints["M"])) <= 14
             if batch == 256 or consts["GATHER_K"]:
                 assert split == []
                 continue
             for config in split:
                 kw = config.kwargs
-                steps = kernel_module.k_steps(consts, kw["BLOCK_K"])
-                per_slice = triton.cdiv(steps, kw["SPLIT_K"])
-                assert per_slice >= kernel_module.MIN_SPLIT_STEPS
-                assert (kw["SPLIT_K"] - 1) * per_slice < steps  # the last slice is not empty
+                assert 1 < kw["SPLIT_K"] <= kernel_module.k_steps(consts, kw["BLOCK_K"])
             if consts["OH"] <= 14:  # layer3 and layer4
                 assert max(triton.cdiv(ints["M"], c.kwargs["BLOCK_M"])
                            * triton.cdiv(spec.c_out, c.kwargs["BLOCK_N"]) * c.kwargs["SPLIT_K"]
-                           for c in split) >= 128, spec.describe()
+                           for c in split) >= kernel_module._SMS, spec.describe()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_split_k_with_one_step_per_slice(dtype, split_k, monkeypatch):
+    # As many slices as K steps (the shortest slices the launcher picks): 3 main steps of 16
+    # channels (the last one partial), then 2 of the shortcut's.
+    monkeypatch.setattr(kernel_module, "INTERPRETER_SPLIT_K", 1000)
+    _check_shortcut((1, 40, 5, 3, 24, 1, 1, 0, 1), (32, 9, 5, 2), dtype)
+    assert split_k == [5]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
