@@ -53,21 +53,26 @@ class TileConfig(NamedTuple):
     tma: bool = False    # tiles by TMA (1x1 stride-1 on sm_90)
     strip_k: bool = False  # the stem's K walk as filter-row strips
     pad_c: int = 0       # input channels padded to this many by the launcher (0: none)
+    swap_ab: bool = False  # the transposed tile (output channels as the MMA's M)
+    patch_w: int = 0     # M tile as a patch of rows this many pixels wide (0: a run of pixels)
 
     @classmethod
     def from_triton(cls, config: triton.Config) -> "TileConfig":
         kw = config.kwargs
         return cls(kw["BLOCK_M"], kw["BLOCK_N"], kw["BLOCK_K"], config.num_warps,
                    config.num_stages, kw.get("LEAN_K", True), kw.get("SPLIT_K", 1),
-                   kw.get("USE_TMA", False), kw.get("STRIP_K", False), kw.get("PAD_C", 0))
+                   kw.get("USE_TMA", False), kw.get("STRIP_K", False), kw.get("PAD_C", 0),
+                   kw.get("SWAP_AB", False), kw.get("PATCH_W", 0))
 
     def to_triton(self) -> triton.Config:
-        # SPLIT_K, USE_TMA, STRIP_K only when set: the kernel's defaults otherwise, so that
+        # The variants' constexprs only when set: the kernel's defaults otherwise, so that
         # the other configs launch (and are cached) exactly as before these variants existed.
         extra = {"SPLIT_K": self.split_k} if self.split_k != 1 else {}
         extra.update({"USE_TMA": True} if self.tma else {})
         extra.update({"STRIP_K": True} if self.strip_k else {})
         extra.update({"PAD_C": self.pad_c} if self.pad_c else {})
+        extra.update({"SWAP_AB": True} if self.swap_ab else {})
+        extra.update({"PATCH_W": self.patch_w} if self.patch_w else {})
         return triton.Config({"BLOCK_M": self.block_m, "BLOCK_N": self.block_n,
                               "BLOCK_K": self.block_k, "LEAN_K": self.lean_k, **extra},
                              num_warps=self.num_warps, num_stages=self.num_stages)

@@ -179,8 +179,7 @@ def programs(row):
     """The launch's grid size at the traced batch."""
     ints, consts = conv_kernel.launch_scalars(**row.spec._asdict(), allow_tf32=False,
                                               interpreted=False)
-    cout_g = consts["C_out"] // consts["GROUPS"]
-    return (triton.cdiv(ints["M"], row.config.block_m) * triton.cdiv(cout_g, row.config.block_n)
+    return (conv_kernel.output_tiles(ints["M"], consts, row.config.to_triton().kwargs)
             * consts["GROUPS"] * row.config.split_k)
 
 
@@ -192,6 +191,8 @@ def row_record(row, allow_tf32):
         "variant": ("lean" if row.config.lean_k else "classic")
                    + (f" split-k {row.config.split_k}" if row.config.split_k > 1 else "")
                    + (" tma" if row.config.tma else "")
+                   + (f" patch {row.config.patch_w}" if row.config.patch_w else "")
+                   + (" swap-ab" if row.config.swap_ab else "")
                    + (" strip" if row.config.strip_k else "")
                    + (f" pad-c {row.config.pad_c}" if row.config.pad_c else ""),
         "registers": r.registers, "spill_bytes": r.stack_bytes, "shared_bytes": r.shared_bytes,

@@ -111,13 +111,19 @@ INDEX_32_LIMIT = 2 ** 31
 
 
 @triton.jit
-def _accumulate(acc, a, b, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr):
-    """``acc + a @ b`` on tensor cores.  The interpreter's tl.dot runs on NumPy, which has no
-    bfloat16, so there (UPCAST_DOT) the tiles are widened to fp32 first."""
+def _accumulate(acc, a, b, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
+                SWAP_AB: tl.constexpr):
+    """``acc + a @ b`` on tensor cores, or with SWAP_AB the transposed tile ``acc + b^T a^T``
+    (the transposes are free: shared-memory descriptors).  The interpreter's tl.dot runs on
+    NumPy, which has no bfloat16, so there (UPCAST_DOT) the tiles are widened to fp32 first."""
     if UPCAST_DOT:
         a = a.to(tl.float32)
         b = b.to(tl.float32)
-    return tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+    if SWAP_AB:
+        acc = tl.dot(tl.trans(b), tl.trans(a), acc, input_precision=DOT_PRECISION)
+    else:
+        acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+    return acc
 
 
 @triton.jit
@@ -143,6 +149,7 @@ def conv_bn_act_kernel(
     INDEX_64: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, LEAN_K: tl.constexpr,
     SPLIT_K: tl.constexpr = 1, USE_TMA: tl.constexpr = False, STRIP_K: tl.constexpr = False,
+    SWAP_AB: tl.constexpr = False, PATCH_W: tl.constexpr = 0,
 ):
     cin_g: tl.constexpr = C_in // GROUPS
     cout_g: tl.constexpr = C_out // GROUPS
@@ -159,11 +166,25 @@ def conv_bn_act_kernel(
     pid_n = pid % num_n
     group = tl.program_id(1)
 
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    m_mask = offs_m < M
-    ow = offs_m % OW
-    oh = (offs_m // OW) % OH
-    img = offs_m // (OW * OH)
+    if PATCH_W > 0:
+        # Patch tiles: the program's BLOCK_M pixels are a PATCH_H x PATCH_W patch of one
+        # image's output rows, so that at stride 1 each tap reads one box of the input.
+        PATCH_H: tl.constexpr = BLOCK_M // PATCH_W
+        w_patches: tl.constexpr = (OW + PATCH_W - 1) // PATCH_W
+        h_patches: tl.constexpr = (OH + PATCH_H - 1) // PATCH_H
+        img = pid_m // (w_patches * h_patches)
+        patch_oh = pid_m // w_patches % h_patches * PATCH_H
+        patch_ow = pid_m % w_patches * PATCH_W
+        oh = patch_oh + tl.arange(0, BLOCK_M) // PATCH_W
+        ow = patch_ow + tl.arange(0, BLOCK_M) % PATCH_W
+        m_mask = (oh < OH) & (ow < OW)
+        offs_m = (img * OH + oh) * OW + ow
+    else:
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        m_mask = offs_m < M
+        ow = offs_m % OW
+        oh = (offs_m // OW) % OH
+        img = offs_m // (OW * OH)
     # Every activation offset below derives from img (inputs) or rows (output, residual).
     # int64 only when a tensor reaches 2**31 elements (large batches of large images): a
     # 64-bit offset per element of a thread's tiles takes two registers.  In int32, an
@@ -205,19 +226,34 @@ def conv_bn_act_kernel(
         short_hi = (tl.maximum(k_hi, main_steps) - main_steps) * BLOCK_K
 
     if USE_TMA:
-        # A 1x1 stride-1 convolution over NHWC is a plain GEMM: activations [M, C_in], weights
-        # [C_in, C_out].  Tiles arrive by TMA (sm_90); its zero fill past the tensor's end
-        # replaces the row and channel masks.  Needs 16-byte aligned bases and row strides
-        # (the launcher checks the bases) and, on a GPU, triton.set_allocator for the
-        # descriptors' global scratch.
-        tl.static_assert(KH == 1 and KW == 1 and STRIDE == 1 and PAD == 0 and GROUPS == 1,
-                         "TMA tiles: 1x1 stride-1 ungrouped convolutions only")
-        x_desc = tl.make_tensor_descriptor(x_ptr, shape=[M, C_in], strides=[C_in, 1],
-                                           block_shape=[BLOCK_M, BLOCK_K])
-        w_desc = tl.make_tensor_descriptor(w_ptr, shape=[C_in, C_out], strides=[C_out, 1],
-                                           block_shape=[BLOCK_K, BLOCK_N])
+        # Tiles arrive by TMA (sm_90).  Needs 16-byte aligned bases and row strides (the
+        # launcher checks the bases) and, on a GPU, an allocator for the descriptors' global
+        # scratch.  Weights: [KH*KW*C_in, C_out].
+        tl.static_assert(STRIDE == 1 and GROUPS == 1, "TMA tiles: stride-1 ungrouped only")
+        w_desc = tl.make_tensor_descriptor(w_ptr, shape=[KH * KW * C_in, C_out],
+                                           strides=[C_out, 1], block_shape=[BLOCK_K, BLOCK_N])
+        if PATCH_W > 0:
+            # Activations as [N, H, W, C_in]: a tap's box starts PAD pixels up and left of
+            # the patch, and TMA's zero fill outside the tensor (negative coordinates too) is
+            # the padding: no masks.  A box past C_in would meet the next tap's weight rows.
+            tl.static_assert(cin_g % BLOCK_K == 0, "TMA patches: C_in a multiple of BLOCK_K")
+            x_desc = tl.make_tensor_descriptor(
+                x_ptr, shape=[M // (OH * OW), H, W, C_in], strides=[H * W * C_in, W * C_in, C_in, 1],
+                block_shape=[1, PATCH_H, PATCH_W, BLOCK_K])
+        else:
+            # A 1x1 convolution over NHWC is a plain GEMM, activations [M, C_in]; the zero
+            # fill past the tensor's end replaces the row and channel masks.
+            tl.static_assert(KH == 1 and KW == 1 and PAD == 0,
+                             "TMA rows: 1x1 unpadded convolutions (else patch tiles)")
+            x_desc = tl.make_tensor_descriptor(x_ptr, shape=[M, C_in], strides=[C_in, 1],
+                                               block_shape=[BLOCK_M, BLOCK_K])
 
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    if SWAP_AB:
+        # The transposed tile: output channels are the MMA's M (64 rows per warpgroup on
+        # sm_90), pixels its wide N.
+        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     # The top-left input pixel of each row's receptive field; a tap adds a scalar to it.
     ih0 = oh * STRIDE - PAD
     iw0 = ow * STRIDE - PAD
@@ -241,7 +277,7 @@ def conv_bn_act_kernel(
                         mask=col_ok & row_ok[:, None], other=0.0)
             b = tl.load(w_ptr + w_strip + kh * strip * C_out,
                         mask=j_ok[:, None] & n_mask[None, :], other=0.0)
-            acc = _accumulate(acc, a, b, DOT_PRECISION, UPCAST_DOT)
+            acc = _accumulate(acc, a, b, DOT_PRECISION, UPCAST_DOT, SWAP_AB)
     elif GATHER_K:
         k_total: tl.constexpr = KH * KW * cin_g
         for k0 in range(0, k_total, BLOCK_K):
@@ -257,7 +293,7 @@ def conv_bn_act_kernel(
             a = tl.load(x_ptr + a_off, mask=a_mask, other=0.0)
             b = tl.load(w_ptr + k[:, None] * C_out + co[None, :],
                         mask=k_mask[:, None] & n_mask[None, :], other=0.0)
-            acc = _accumulate(acc, a, b, DOT_PRECISION, UPCAST_DOT)
+            acc = _accumulate(acc, a, b, DOT_PRECISION, UPCAST_DOT, SWAP_AB)
     else:
         # One flat loop over (tap, channel block), in the same order as nested loops over
         # kh, kw and channels: a single software-pipelined loop whose loads stay in flight
@@ -270,7 +306,11 @@ def conv_bn_act_kernel(
             c0 = (step % c_steps) * BLOCK_K
             kh = tap // KW
             kw = tap % KW
-            if USE_TMA:
+            if USE_TMA and PATCH_W > 0:
+                a = x_desc.load([img, patch_oh - PAD + kh * DIL, patch_ow - PAD + kw * DIL, c0])
+                a = a.reshape(BLOCK_M, BLOCK_K)
+                b = w_desc.load([tap * cin_g + c0, pid_n * BLOCK_N])
+            elif USE_TMA:
                 a = x_desc.load([pid_m * BLOCK_M, c0])
                 b = w_desc.load([c0, pid_n * BLOCK_N])
             elif LEAN_K:
@@ -309,7 +349,7 @@ def conv_bn_act_kernel(
                             mask=row_mask[:, None] & c_mask[None, :], other=0.0)
                 b = tl.load(w_ptr + (tap * cin_g + c)[:, None] * C_out + co[None, :],
                             mask=c_mask[:, None] & n_mask[None, :], other=0.0)
-            acc = _accumulate(acc, a, b, DOT_PRECISION, UPCAST_DOT)
+            acc = _accumulate(acc, a, b, DOT_PRECISION, UPCAST_DOT, SWAP_AB)
 
     if HAS_SHORTCUT:
         # 1x1 convolution of the window at stride STRIDE_SHORT, no padding: always inside the
@@ -345,8 +385,10 @@ def conv_bn_act_kernel(
                 a = (a * inv_count[:, None]).to(xs_ptr.dtype.element_ty)
             b = tl.load(ws_ptr + c[:, None] * C_out + co[None, :],
                         mask=c_mask[:, None] & n_mask[None, :], other=0.0)
-            acc = _accumulate(acc, a, b, DOT_PRECISION, UPCAST_DOT)
+            acc = _accumulate(acc, a, b, DOT_PRECISION, UPCAST_DOT, SWAP_AB)
 
+    if SWAP_AB:
+        acc = tl.trans(acc)
     out_off = rows[:, None] * C_out + co[None, :]
     out_mask = m_mask[:, None] & n_mask[None, :]
     if SPLIT_K > 1:
@@ -517,23 +559,55 @@ def pad_channels(x, weight, pad_c, taps):
     return xp, wp
 
 
+def _is_gemm(consts):
+    """A 1x1 unpadded convolution: over NHWC at stride 1, a plain GEMM."""
+    return (consts["KH"], consts["KW"], consts["PAD"]) == (1, 1, 0)
+
+
+# TMA patch tiles walk K in whole blocks of this many channels.
+_TMA_BLOCK_K = 64
+
+
 def uses_tma(consts, element_size):
-    """Whether a launch can take TMA tiles: a 1x1 stride-1 ungrouped convolution (a plain
-    GEMM over NHWC) in fp16/bf16 whose row strides (C_in, C_out elements) are multiples of
-    16 bytes.  fp32 stays on the pointer path (fewer compiles; it is not the fast dtype)."""
-    return (element_size == 2 and (consts["KH"], consts["KW"], consts["STRIDE"], consts["PAD"],
-                                   consts["GROUPS"]) == (1, 1, 1, 0, 1)
+    """Whether a launch can take TMA tiles: a stride-1 ungrouped convolution in fp16/bf16
+    whose row strides (C_in, C_out elements) are multiples of 16 bytes; 1x1 ones load rows of
+    a GEMM, the others (3x3) patch tiles, which need whole channel blocks (C_in a multiple of
+    64).  fp32 stays on the pointer path (fewer compiles; it is not the fast dtype)."""
+    return (element_size == 2 and consts["STRIDE"] == 1 and consts["GROUPS"] == 1
             and not consts["GATHER_K"] and not consts["INDEX_64"]
             and consts["C_in"] * element_size % 16 == 0
-            and consts["C_out"] * element_size % 16 == 0)
+            and consts["C_out"] * element_size % 16 == 0
+            and (_is_gemm(consts) or consts["C_in"] % _TMA_BLOCK_K == 0))
+
+
+def patch_width(ow, block_m):
+    """PATCH_W for an output ``ow`` pixels wide: the row's width rounded up to a power of two,
+    at most the tile (a patch of BLOCK_M // PATCH_W rows)."""
+    return min(block_m, triton.next_power_of_2(ow))
+
+
+# The patch tiles (pixels, output channels, warps): 128 pixels x 64 channels on one warpgroup,
+# and 64 x 128 on two where C_out allows; the pixels are the wgmma's N (SWAP_AB: a patch of
+# several rows as M would feed wgmma from registers, Triton 3.6-3.8).
+_PATCH_TILES = [(128, 64, 4), (64, 128, 8)]
 
 
 def tma_candidates(consts, element_size):
-    """One TMA config for a launch that can take it and walks K in at least two steps: the
-    128x128x64 tile with 8 warps, or 128x64x64 with 4 warps where C_out is 64 (a 128-wide tile
-    would be half empty)."""
-    # With a single K step (C_in = 64) there is no loop for TMA to pipeline: no candidate.
-    if not uses_tma(consts, element_size) or consts["C_in"] < 2 * 64:
+    """The TMA configs for a launch that can take them.  1x1: one, where K has at least two
+    steps (C_in >= 128; with one there is no loop to pipeline): the 128x128x64 tile with 8
+    warps, or 128x64x64 with 4 warps where C_out is 64 (a 128-wide tile would be half empty).
+    3x3 stride 1: the patch tiles, each through a 4-D descriptor whose zero fill is the
+    padding, computing the transposed tile (SWAP_AB)."""
+    if not uses_tma(consts, element_size):
+        return []
+    if not _is_gemm(consts):
+        return [triton.Config({"BLOCK_M": pixels, "BLOCK_N": channels,
+                               "BLOCK_K": _TMA_BLOCK_K, "LEAN_K": True, "USE_TMA": True,
+                               "SWAP_AB": True, "PATCH_W": patch_width(consts["OW"], pixels)},
+                              num_warps=warps, num_stages=3)
+                for pixels, channels, warps in _PATCH_TILES
+                if channels <= max(64, consts["C_out"])]
+    if consts["C_in"] < 2 * _TMA_BLOCK_K:
         return []
     if consts["C_out"] >= 128:
         tile, warps, stages = (128, 128, 64), 8, 3
@@ -637,6 +711,11 @@ def _interpreter_variant(config, consts, element_size):
     """The interpreter's config with the variants the tests switch on."""
     if INTERPRETER_TMA and uses_tma(consts, element_size):
         config = dict(config, USE_TMA=True)
+        if not _is_gemm(consts):
+            patch_w = patch_width(consts["OW"], 64)
+            rows = min(triton.next_power_of_2(consts["OH"]), 128 // patch_w)
+            config = dict(config, BLOCK_M=patch_w * rows, BLOCK_K=_TMA_BLOCK_K, SWAP_AB=True,
+                          PATCH_W=patch_w)
     strip = max(16, triton.next_power_of_2(consts["KW"] * consts["C_in"]))
     if INTERPRETER_STRIP_K and uses_strip(consts, strip):
         config = dict(config, BLOCK_K=strip, STRIP_K=True)
@@ -860,8 +939,7 @@ def conv_bn_act(x, weight, bias, *, kernel_size, stride=1, padding=0, dilation=1
             config = _without(config, "PAD_C")
         if config.kwargs.get("USE_TMA") and not _tma_ready(x, weight):
             config = _without(config, "USE_TMA")
-        block_m, block_n = config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"]
-        grid = (triton.cdiv(m, block_m) * triton.cdiv(cout_g, block_n), groups)
+        grid = (output_tiles(m, consts, config.kwargs), groups)
         split = config.kwargs.get("SPLIT_K", 1)
         if split == 1:
             conv_bn_act_kernel[grid](*kernel_args, **kernel_consts,
@@ -883,15 +961,35 @@ def conv_bn_act(x, weight, bias, *, kernel_size, stride=1, padding=0, dilation=1
     return out
 
 
+def output_tiles(m, consts, kwargs):
+    """The programs one group's output takes with the tile in ``kwargs``: M tiles (runs of
+    BLOCK_M pixels, or with PATCH_W patches of rows of one image) x N tiles."""
+    block_m, patch_w = kwargs["BLOCK_M"], kwargs.get("PATCH_W", 0)
+    oh, ow = consts["OH"], consts["OW"]
+    m_tiles = ((m // (oh * ow)) * triton.cdiv(oh, block_m // patch_w) * triton.cdiv(ow, patch_w)
+               if patch_w else triton.cdiv(m, block_m))
+    return m_tiles * triton.cdiv(consts["C_out"] // consts["GROUPS"], kwargs["BLOCK_N"])
+
+
 def _tma_ready(x, weight):
     """TMA descriptors need 16-byte aligned bases (a view into a larger tensor may not be);
-    on a GPU, Triton also needs an allocator for the descriptors' scratch (set here: a
-    ContextVar in Triton, so each thread needs its own)."""
+    on a GPU, Triton also needs an allocator for the descriptors' scratch."""
     if x.data_ptr() % 16 or weight.data_ptr() % 16:
         return False
     if not INTERPRETED:
-        triton.set_allocator(_tma_scratch)
+        ensure_allocator()
     return True
+
+
+def ensure_allocator():
+    """Give Triton an allocator for in-kernel descriptors' scratch unless one is set: a user's
+    own allocator is kept.  Triton keeps it in a ContextVar, so each thread sets its own.
+    (Triton has no public getter: where its private one is missing, set ours.)"""
+    from triton.runtime import _allocation
+    current = getattr(_allocation, "_allocator", None)
+    null = getattr(_allocation, "NullAllocator", None)
+    if current is None or null is None or isinstance(current.get(), null):
+        triton.set_allocator(_tma_scratch)
 
 
 def _tma_scratch(size, alignment, stream):

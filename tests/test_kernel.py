@@ -195,6 +195,25 @@ def tma(monkeypatch):
     return used
 
 
+@pytest.fixture
+def patches(monkeypatch, tma):
+    """With ``tma``: yields (PATCH_W, SWAP_AB, USE_TMA) of every launch that ran patch tiles."""
+    launched = []
+    launch = kernel_module.conv_bn_act_kernel
+
+    class Recording:
+        def __getitem__(self, grid):
+            def run(*args, **kwargs):
+                if kwargs.get("PATCH_W"):
+                    launched.append((kwargs["PATCH_W"], kwargs.get("SWAP_AB"),
+                                     kwargs.get("USE_TMA", False)))
+                return launch[grid](*args, **kwargs)
+            return run
+
+    monkeypatch.setattr(kernel_module, "conv_bn_act_kernel", Recording())
+    return launched
+
+
 # The 1x1 stride-1 geometries, which can take TMA tiles; the last has channel counts that
 # are not powers of two (tiles past the tensor's end are zero-filled by TMA).
 ONE_BY_ONE = [g for g in GEOMETRIES if g[6] == 1 and g[7] == 1] + [
@@ -248,16 +267,103 @@ def test_tma_falls_back_to_pointers_for_a_misaligned_input(tma):
                               rel_tol(torch.float16), "misaligned")
 
 
+# The 3x3 stride-1 geometries, which take TMA patch tiles (C_in a multiple of 64): image
+# sizes that leave partial patches, output channels that leave a partial tile, dilation.
+PATCHED = [g for g in GEOMETRIES if g[6] == 3 and g[7] == 1 and g[10] == 1] + [
+    ("3x3/s1 odd sizes", 2, 128, 5, 11, 40, 3, 1, 1, 1, 1),
+    ("3x3/s1 7x7 (layer4)", 1, 64, 7, 7, 136, 3, 1, 1, 1, 1),
+    ("3x3/s1 one row", 1, 64, 1, 13, 64, 3, 1, 1, 1, 1),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("geometry", PATCHED, ids=[g[0] for g in PATCHED])
+@pytest.mark.parametrize("epilogue", ["residual+relu", "none"])
+def test_tma_patches_match_float64(geometry, dtype, epilogue, patches):
+    # TMA's zero fill (negative coordinates included) is the padding: the border pixels of
+    # every patch check it.
+    _check_geometry(geometry, dtype, epilogue)
+    assert len(patches) == 1 and patches[0][1:] == (True, True)
+
+
+@pytest.mark.parametrize("where", ["corner", "edge", "shortcut input", "residual"])
+def test_tma_patches_with_shortcut_keep_nan_and_inf(where, patches):
+    # A BasicBlock's second 3x3/s1 convolution with the 1x1/s2 downsample fused (ResNet-18's
+    # layer2): a NaN or Inf at the border must reach exactly the outputs whose window holds it.
+    x, weight, bias = _operands(2, 128, 6, 5, 128, 3, 1, torch.float16)
+    xs = torch.randn(2, 64, 12, 10, device=DEVICE).to(torch.float16)
+    w_short = (torch.randn(128, 64, 1, 1, device=DEVICE) / 8).to(torch.float16)
+    residual = None
+    if where == "corner":
+        x[1, 5, 0, 0], x[0, 70, 5, 4] = float("nan"), float("inf")
+    elif where == "edge":
+        x[0, 3, 2, 4], x[1, 127, 5, 2] = -float("inf"), float("nan")
+    elif where == "shortcut input":
+        xs[0, 7, 10, 8], xs[1, 1, 0, 0] = float("nan"), -float("inf")
+    else:
+        residual = torch.randn(2, 128, 6, 5, device=DEVICE).to(torch.float16)
+        residual[1, 100, 5, 4] = float("nan")
+    ref = _reference(x, weight, bias, 1, 1, 1, 1, residual, (xs, w_short, 2))
+    out = _launch(x, weight, bias, kernel=3, stride=1, padding=1, dilation=1, groups=1,
+                  relu=True, residual=residual, shortcut=(xs, w_short, 2))
+    assert len(patches) == 1 and patches[0][1:] == (True, True)
+    out, ref = out.cpu().double(), ref.cpu()
+    assert (ref.isnan() | ref.isinf()).any()
+    assert torch.equal(out.isnan(), ref.isnan()) and torch.equal(out.isinf(), ref.isinf())
+    finite = ref.isfinite()
+    assert_close_to_reference(out[finite], ref[finite], rel_tol(torch.float16), "TMA patches")
+
+
+def test_tma_patches_fall_back_to_pointers_for_a_misaligned_input(patches):
+    # The same patch tiles and transposed tile, loaded by pointers (masks for the padding).
+    n, c, h, w = 1, 64, 6, 7
+    storage = torch.randn(n * h * w * c + 1, device=DEVICE).to(torch.float16)
+    x = storage[1:].view(n, h, w, c).permute(0, 3, 1, 2)
+    assert x.is_contiguous(memory_format=torch.channels_last) and x.data_ptr() % 16
+    weight = (torch.randn(72, c, 3, 3, device=DEVICE) / 24).to(torch.float16)
+    bias = torch.randn(72, device=DEVICE)
+    out = _launch(x, weight, bias, kernel=3, stride=1, padding=1, dilation=1, groups=1,
+                  relu=True)
+    assert len(patches) == 1 and patches[0] == (patches[0][0], True, False)
+    assert_close_to_reference(out, _reference(x, weight, bias, 1, 1, 1, 1),
+                              rel_tol(torch.float16), "misaligned patches")
+
+
+def test_tma_keeps_a_users_allocator():
+    import contextvars
+    from triton.runtime import _allocation
+
+    def users(size, alignment, stream):
+        raise AssertionError("not called here")
+
+    def fresh_thread():  # a new context: Triton's default, the allocator that raises
+        assert isinstance(_allocation._allocator.get(), _allocation.NullAllocator)
+        kernel_module.ensure_allocator()
+        assert _allocation._allocator.get() is kernel_module._tma_scratch
+        triton.set_allocator(users)
+        kernel_module.ensure_allocator()
+        assert _allocation._allocator.get() is users
+
+    contextvars.Context().run(fresh_thread)
+
+
 def test_tma_candidates_only_where_they_apply():
     from fusedres import gpu_inspect
     for model in ("resnet18", "resnet50"):
         for spec in gpu_inspect.specialisations(model, torch.float16, 256):
             ints, consts = kernel_module.launch_scalars(**spec._asdict(), allow_tf32=False,
                                                         interpreted=False)
-            # 1x1 stride 1 with at least two K steps of 64 channels.
+            # 1x1 stride 1 with at least two K steps of 64 channels: one; 3x3 stride 1 (not
+            # the stem): the 128x64 patch tile and, with 128 output channels or more, 64x128.
             one_by_one = spec.kernel_size == (1, 1) and spec.stride == 1 and spec.c_in >= 128
+            three = spec.kernel_size == (3, 3) and spec.stride == 1
             on_90 = kernel_module.candidates(consts, 2, ints["M"], 90)
-            assert sum(bool(c.kwargs.get("USE_TMA")) for c in on_90) == int(one_by_one)
+            tma = [c.kwargs for c in on_90 if c.kwargs.get("USE_TMA")]
+            assert len(tma) == (one_by_one + three * (1 + (spec.c_out >= 128)))
+            for kw in tma:
+                assert kw.get("SWAP_AB", False) is three
+                if three:
+                    assert kw["PATCH_W"] == min(64, triton.next_power_of_2(consts["OW"]))
             assert not any(c.kwargs.get("USE_TMA")
                            for arch in (80, None)
                            for c in kernel_module.candidates(consts, 2, ints["M"], arch))
