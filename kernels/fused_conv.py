@@ -25,11 +25,14 @@ scalar offsets, mask-free tiles where the channel counts allow) and the first de
 as an autotune candidate for padded convolutions (see ``candidates``).
 
 Variants, each an autotune candidate next to the plain tiles and only where it applies
-(``candidates``; docs/inspect.md lists them):
+(``candidates``, at most 8 per launch; docs/inspect.md lists them):
   * ``SPLIT_K``: grids that leave SMs idle (batch 1) cut each tile's K steps into slices, one
     program each, writing fp32 partial tiles; ``split_k_epilogue_kernel`` sums them in a
     fixed order and runs the epilogue (deterministic, no atomics).
-  * ``USE_TMA``: 1x1 stride-1 convolutions load their tiles through TMA descriptors (sm_90).
+  * ``USE_TMA``: stride-1 convolutions load their tiles through TMA descriptors (sm_90): 1x1
+    ones as rows of a GEMM; 3x3 ones with ``PATCH_W`` (a tile is a patch of output rows, one
+    4-D box per tap, whose zero fill is the padding) and ``SWAP_AB`` (the transposed tile:
+    pixels as the MMA's wide N dimension).
   * ``STRIP_K``: the flattened walk of a small-channel convolution as one contiguous strip per
     filter row (the stem); with the launcher option ``PAD_C`` the 3-channel input is first
     padded to 4 channels, so the strips load as 8-byte vectors.
@@ -620,8 +623,10 @@ def tma_candidates(consts, element_size):
 
 # Split-K: a launch with fewer tiles than the GPU has SMs (batch 1: layer4 runs 8 programs on
 # an H100/H200's 132) splits each tile's K steps into as many slices as bring it to one
-# program per SM.
+# program per SM; not a K walk shorter than MIN_SPLIT_K_STEPS (its slices would be all
+# prologue: 2.4 warp-instructions per 1,000 FMA on sm_90 for 2 steps in 2 slices).
 _SMS = 132
+MIN_SPLIT_K_STEPS = 4
 # The tiles that get a split-K candidate: the small ones (M is small whenever the grid is).
 _SPLIT_TILES = {2: [(64, 64, 64, 4, 3), (64, 128, 64, 4, 4)],
                 4: [(64, 64, 32, 4, 4), (64, 128, 32, 4, 4)]}
@@ -637,15 +642,16 @@ def k_steps(consts, block_k):
 def split_k_for(m, consts, block_m, block_n, block_k):
     """How many slices split-K cuts K into for this tile: the fewest that bring tiles x slices
     to the SM count, at most one per K step (the kernel's slices differ by at most one step,
-    so a slice of 1-2 steps is the shortest); 1 (no split) for grids that fill the GPU already
-    and for the flattened (gathered) K walk."""
+    so a slice of 1-2 steps is the shortest); 1 (no split) for grids that fill the GPU already,
+    K walks shorter than MIN_SPLIT_K_STEPS and the flattened (gathered) K walk."""
     if consts["GATHER_K"]:
         return 1
     cout_g = consts["C_out"] // consts["GROUPS"]
     tiles = triton.cdiv(m, block_m) * triton.cdiv(cout_g, block_n) * consts["GROUPS"]
-    if tiles >= _SMS:
+    steps = k_steps(consts, block_k)
+    if tiles >= _SMS or steps < MIN_SPLIT_K_STEPS:
         return 1
-    return min(triton.cdiv(_SMS, tiles), k_steps(consts, block_k))
+    return min(triton.cdiv(_SMS, tiles), steps)
 
 
 def split_k_candidates(m, consts, element_size):

@@ -173,6 +173,20 @@ def test_an_unrolled_loop_is_counted_per_wgmma_group_and_a_full_wait_is_serialis
     assert loop.mma_per_step == 1 and loop.serialised_mma and loop.tma
 
 
+def test_one_full_wait_between_two_unrolled_k_walks_is_not_serialisation():
+    # Main walk then the fused shortcut's, each unrolled: wgmma groups overlap within each
+    # walk (0x1 waits); one full wait where the pipeline drains between them, once per tile.
+    step = ["LDGSTS.E [R3], desc[UR4][R5.64]", "HGMMA.64x128x16.F32 R24, gdesc[UR8], R24, gsb0",
+            "WARPGROUP.DEPBAR.LE gsb0, 0x1"]
+    handover = ["WARPGROUP.DEPBAR.LE gsb0, 0x0", "DEPBAR.LE SB0, 0x0"]
+    loop = aot.read_k_loop(_sass(*step, *step, *step, *handover, *step, *step, *step, "EXIT"))
+    assert loop.mma_per_step == 1 and not loop.serialised_mma
+    # The same two walks with a full wait after every group are.
+    step[2] = "WARPGROUP.DEPBAR.LE gsb0, 0x0"
+    loop = aot.read_k_loop(_sass(*step, *step, *step, *handover, *step, *step, *step, "EXIT"))
+    assert loop.serialised_mma
+
+
 def test_json_rows_carry_the_cost_model(compiled_cases, tmp_path, capsys):
     path = tmp_path / "rows.json"
     assert gpu_inspect.run(_parse("--model", "resnet18", "--dtype", "float16", "--arch", "sm_90",
