@@ -205,14 +205,17 @@ def row_record(row, allow_tf32):
 
 
 def best_per_geometry(rows, allow_tf32):
-    """{geometry: the clean row with the lowest issue ratio}."""
+    """{geometry: the clean row with the lowest issue ratio, among those whose MMA groups
+    overlap (not serialised) where there are any}."""
+    def rank(row):
+        return bool(row.result.serialised_mma), issue_per_kfma(row)
+
     best = {}
     for row in rows:
-        ratio = issue_per_kfma(row)
-        if ratio is None or row_problems(row, allow_tf32):
+        if issue_per_kfma(row) is None or row_problems(row, allow_tf32):
             continue
         current = best.get(row.spec)
-        if current is None or ratio < issue_per_kfma(current):
+        if current is None or rank(row) < rank(current):
             best[row.spec] = row
     return best
 

@@ -187,6 +187,21 @@ def test_one_full_wait_between_two_unrolled_k_walks_is_not_serialisation():
     assert loop.serialised_mma
 
 
+def test_the_best_candidate_prefers_overlapping_mma_groups():
+    spec = _a_3x3_spec(torch.float16)
+
+    def row(block_k, loop, serialised):
+        result = aot.CompileResult(registers=96, stack_bytes=0, shared_bytes=0,
+                                   tensor_core="wgmma", loop_instructions=loop, mma_per_step=4,
+                                   serialised_mma=serialised, tma=False)
+        return gpu_inspect.Row(spec, gpu_inspect.TileConfig(128, 128, block_k, 8, 3), 90, result)
+
+    lowest_but_serialised, overlapping, worse = row(64, 50, True), row(32, 60, False), row(32, 90, False)
+    best = gpu_inspect.best_per_geometry([lowest_but_serialised, overlapping, worse], True)
+    assert best == {spec: overlapping}
+    assert gpu_inspect.best_per_geometry([lowest_but_serialised], True) == {spec: lowest_but_serialised}
+
+
 def test_json_rows_carry_the_cost_model(compiled_cases, tmp_path, capsys):
     path = tmp_path / "rows.json"
     assert gpu_inspect.run(_parse("--model", "resnet18", "--dtype", "float16", "--arch", "sm_90",
@@ -211,9 +226,10 @@ def test_json_rows_carry_the_cost_model(compiled_cases, tmp_path, capsys):
 
 
 def test_filters_select_rows(capsys):
-    # The stem's padded strip candidate alone: one compile (cached once the cases above ran).
+    # The stem's padded strip candidate on 8 warps alone: one compile (cached once the cases
+    # above ran).
     assert gpu_inspect.run(_parse("--model", "resnet50", "--dtype", "float16", "--arch", "sm_90",
-                                  "--geometry", "7x7/s2", "--config", "PAD_C=4")) == 0
+                                  "--geometry", "7x7/s2", "--config", "w8 s4 LEAN_K=True PAD_C=4")) == 0
     out = capsys.readouterr().out
     assert "1 specialisations x configs (1 geometries), 0 failed" in out
     assert gpu_inspect.run(_parse("--model", "resnet50", "--dtype", "float16", "--arch", "sm_90",

@@ -212,6 +212,42 @@ def test_pooled_shortcut_with_split_k(monkeypatch):
     assert epilogues == [1]
 
 
+def test_pooled_shortcut_with_tma_patch_tiles(monkeypatch):
+    """ResNet-D BasicBlock's second convolution (3x3/s1, resnet18d/34d) takes TMA patch tiles
+    on sm_90: the pooled shortcut's windows follow each patch's pixels."""
+    if DEVICE.type == "cuda":
+        if torch.cuda.get_device_capability()[0] < 9:
+            pytest.skip("TMA needs sm_90")
+        monkeypatch.setattr(fused_conv, "choose_config",
+                            lambda ints, consts, dtype, *_: fused_conv.tma_candidates(consts, 2)[0])
+    monkeypatch.setattr(fused_conv, "INTERPRETER_TMA", True)
+    patches = []
+    launch = fused_conv.conv_bn_act_kernel
+
+    class Recording:
+        def __getitem__(self, grid):
+            return lambda *args, **kw: (patches.append(kw.get("PATCH_W", 0)),
+                                        launch[grid](*args, **kw))[1]
+
+    monkeypatch.setattr(fused_conv, "conv_bn_act_kernel", Recording())
+    n, c, c_s, hs, ws = 2, 64, 32, 9, 7
+    oh, ow = -(-hs // 2), -(-ws // 2)
+    x = torch.randn(n, c, oh, ow, device=DEVICE).half()
+    w = (torch.randn(c, c, 3, 3, device=DEVICE) / 24).half()
+    bias = torch.randn(c, device=DEVICE)
+    xs = torch.randn(n, c_s, hs, ws, device=DEVICE).half()
+    w_s = (torch.randn(c, c_s, 1, 1, device=DEVICE) / c_s ** 0.5).half()
+    d = torch.float64
+    pooled = F.avg_pool2d(xs.to(d), 2, 2, ceil_mode=True, count_include_pad=False)
+    ref = (F.conv2d(x.to(d), w.to(d), bias.to(d), padding=1) + F.conv2d(pooled, w_s.to(d))).relu()
+    out = conv_bn_act(x, pack_weight(w, torch.float16), bias, kernel_size=3, padding=1,
+                      shortcut=(xs, pack_weight(w_s, torch.float16), 2), shortcut_pool=True,
+                      out=torch.full_like(ref, float("nan"), dtype=torch.float16,
+                                          memory_format=torch.channels_last))
+    assert len(patches) == 1 and patches[0] > 0
+    assert_close_to_reference(out, ref, rel_tol(torch.float16), "pooled shortcut, patch tiles")
+
+
 def _check_pooled_shortcut(hs, ws, dtype):
     n, c_in, c_out, c_s = 2, 32, 64, 48
     oh, ow = -(-hs // 2), -(-ws // 2)
