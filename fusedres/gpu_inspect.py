@@ -318,7 +318,8 @@ def run(args) -> int:
         print(f"no geometry of {args.model} and config matches the filters", file=sys.stderr)
         return 2
     print(format_table(rows, allow_tf32))
-    print("\nbest candidate per geometry (lowest issue/kFMA among clean rows):")
+    print("\nbest candidate per geometry (lowest issue/kFMA among clean rows, "
+          "not serialised where one is):")
     for spec, row in best_per_geometry(rows, allow_tf32).items():
         print(f"  {spec.describe():58} {row.config.describe():30} "
               f"{issue_per_kfma(row):.2f}  {row.result.tensor_core}")
