@@ -457,7 +457,8 @@ def _tile(config):
 
 
 # The tuner times at most this many candidates per launch (each is a compile on the first
-# call, see ``candidates``).
+# call): ``candidates`` is built to stay within it, tests/test_kernel.py checks it for every
+# ResNet geometry.
 MAX_CANDIDATES = 8
 
 # Each tile with the lean K loop; the first design's loop (LEAN_K off) on the two wide tiles
@@ -470,7 +471,7 @@ _CLASSIC = {size: [c for c in _with_loop(configs_for(size), False)
                    if _tile(c) in _CLASSIC_TILES[size]] for size in (2, 4)}
 # The stem's gathered K walk on sm_90 keeps only the tile that won it on an H200 (run 2): the
 # gathered walk issues 3.7-11 warp-instructions per 1,000 FMA there, the strip walk (below)
-# 1.9; this tile stays as the proven fallback until a GPU run has timed the strips.
+# 1.7-1.9; this tile stays as the proven fallback until a GPU run has timed the strips.
 _PROVEN_GATHERED_TILE = (128, 128, 32)
 
 
