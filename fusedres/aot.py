@@ -50,7 +50,7 @@ class TileConfig(NamedTuple):
     num_stages: int
     lean_k: bool = True  # the K loop: lean, or the first design (kernels/fused_conv.py)
     split_k: int = 1     # K slices per tile (split-K), 1 for none
-    tma: bool = False    # tiles by TMA (1x1 stride-1 on sm_90)
+    tma: bool = False    # tiles by TMA (stride-1 convolutions on sm_90)
     strip_k: bool = False  # the stem's K walk as filter-row strips
     pad_c: int = 0       # input channels padded to this many by the launcher (0: none)
     swap_ab: bool = False  # the transposed tile (output channels as the MMA's M)
@@ -336,8 +336,9 @@ def read_k_loop(sass: str) -> KLoop:
     than there are wgmma groups (``gsb0`` closes one) or, on the Ampere path, HMMA runs.
     ``serialised_mma``: a ``WARPGROUP.DEPBAR.LE gsb0, 0x0`` (wait until no wgmma group is in
     flight) in the loop, so consecutive groups cannot overlap; in a completely unrolled span,
-    such a wait after most groups (one wait where the main K walk hands over to the fused
-    shortcut's, a pipeline drained once per tile, is not serialisation)."""
+    such a wait after more than half of the groups (one wait where the main K walk hands over
+    to the fused shortcut's, a pipeline drained once per tile, is not serialisation, except
+    in a span of just two groups, where it is all there is)."""
     code = [(int(addr, 16), text) for addr, text in _SASS_LINE.findall(sass)]
     at = {addr: i for i, (addr, _) in enumerate(code)}
     best = None

@@ -172,6 +172,8 @@ def conv_bn_act_kernel(
     if PATCH_W > 0:
         # Patch tiles: the program's BLOCK_M pixels are a PATCH_H x PATCH_W patch of one
         # image's output rows, so that at stride 1 each tap reads one box of the input.
+        tl.static_assert(BLOCK_M % PATCH_W == 0 and not GATHER_K,
+                         "patch tiles: whole rows of PATCH_W pixels, the tap-major K walk")
         PATCH_H: tl.constexpr = BLOCK_M // PATCH_W
         w_patches: tl.constexpr = (OW + PATCH_W - 1) // PATCH_W
         h_patches: tl.constexpr = (OH + PATCH_H - 1) // PATCH_H
@@ -207,8 +209,8 @@ def conv_bn_act_kernel(
     # contiguous slice of the K steps, the main loop's and then the shortcut's, and stores an
     # fp32 partial tile; split_k_epilogue_kernel sums the slices in a fixed order and runs the
     # epilogue.  The slices differ by at most one step (floor(s*steps/SPLIT_K) bounds), so any
-    # count up to the step count works and none is empty: the launcher picks the count that
-    # fills the SMs exactly.  With SPLIT_K == 1 the bounds are the constants they always were.
+    # count up to the step count works and none is empty: the launcher picks the fewest that
+    # reach one program per SM.  With SPLIT_K == 1 the bounds are the constants they always were.
     c_steps: tl.constexpr = (cin_g + BLOCK_K - 1) // BLOCK_K
     main_steps: tl.constexpr = KH * KW * c_steps
     tl.static_assert(SPLIT_K == 1 or not GATHER_K, "split-K walks the tap-major K loop only")
@@ -492,8 +494,9 @@ def candidates(consts, element_size, m=None, arch=None):
     * the stem: its strip walks (over the input padded to 4 channels where it is RGB).
     On ``arch`` 90 and newer (sm_90) only what issues at most about 2 warp-instructions per
     1,000 FMA there, on wgmma: no tile of fewer than 4 warps (wgmma needs a warpgroup: such a
-    tile compiles to Ampere's HMMA), no 64x64 tile on padded convolutions (2.0-2.4), of the
-    stem's gathered walk only the proven tile; and a TMA tile for 1x1 stride-1 convolutions.
+    tile compiles to Ampere's HMMA), no 64x64 tile on padded convolutions (2.0-2.4) nor where
+    TMA patch tiles take its place, of the stem's gathered walk only the proven tile; and the
+    TMA tiles (``tma_candidates``: 1x1 rows, patches for other stride-1 convolutions).
     """
     size = 4 if element_size == 4 else 2
     hopper = arch is not None and arch >= 90
@@ -502,10 +505,12 @@ def candidates(consts, element_size, m=None, arch=None):
     listed += split
     strips = strip_candidates(consts)
     if hopper:
+        tma = tma_candidates(consts, size)
+        patches = any(c.kwargs.get("PATCH_W") for c in tma)
         listed = [c for c in listed if c.num_warps >= 4
-                  and not (_uses_classic(consts) and _tile(c)[:2] == (64, 64))
+                  and not ((_uses_classic(consts) or patches) and _tile(c)[:2] == (64, 64))
                   and not (strips and _tile(c) != _PROVEN_GATHERED_TILE)]
-        listed += tma_candidates(consts, size)
+        listed += tma
     return listed + strips
 
 
@@ -577,9 +582,10 @@ _TMA_BLOCK_K = 64
 
 def uses_tma(consts, element_size):
     """Whether a launch can take TMA tiles: a stride-1 ungrouped convolution in fp16/bf16
-    whose row strides (C_in, C_out elements) are multiples of 16 bytes; 1x1 ones load rows of
-    a GEMM, the others (3x3) patch tiles, which need whole channel blocks (C_in a multiple of
-    64).  fp32 stays on the pointer path (fewer compiles; it is not the fast dtype)."""
+    whose row strides (C_in, C_out elements) are multiples of 16 bytes; 1x1 unpadded ones load
+    rows of a GEMM, the others (ResNet's 3x3) patch tiles, which need whole channel blocks
+    (C_in a multiple of 64).  fp32 stays on the pointer path (fewer compiles; it is not the
+    fast dtype)."""
     return (element_size == 2 and consts["STRIDE"] == 1 and consts["GROUPS"] == 1
             and not consts["GATHER_K"] and not consts["INDEX_64"]
             and consts["C_in"] * element_size % 16 == 0
@@ -587,10 +593,12 @@ def uses_tma(consts, element_size):
             and (_is_gemm(consts) or consts["C_in"] % _TMA_BLOCK_K == 0))
 
 
-def patch_width(ow, block_m):
-    """PATCH_W for an output ``ow`` pixels wide: the row's width rounded up to a power of two,
-    at most the tile (a patch of BLOCK_M // PATCH_W rows)."""
-    return min(block_m, triton.next_power_of_2(ow))
+def patch_tile(oh, ow, pixels):
+    """(BLOCK_M, PATCH_W) of a patch tile of at most ``pixels`` pixels over an ``oh`` x ``ow``
+    output: the row's width rounded up to a power of two (at most ``pixels``), and no more
+    rows than the image has (rounded up): at 7x7 an 8x8 patch, not 8x16 with 9 rows empty."""
+    patch_w = min(pixels, triton.next_power_of_2(ow))
+    return patch_w * min(pixels // patch_w, triton.next_power_of_2(oh)), patch_w
 
 
 # The patch tiles (pixels, output channels, warps): 128 pixels x 64 channels on one warpgroup,
@@ -603,17 +611,18 @@ def tma_candidates(consts, element_size):
     """The TMA configs for a launch that can take them.  1x1: one, where K has at least two
     steps (C_in >= 128; with one there is no loop to pipeline): the 128x128x64 tile with 8
     warps, or 128x64x64 with 4 warps where C_out is 64 (a 128-wide tile would be half empty).
-    3x3 stride 1: the patch tiles, each through a 4-D descriptor whose zero fill is the
-    padding, computing the transposed tile (SWAP_AB)."""
+    Other stride-1 convolutions (ResNet's 3x3): the patch tiles, each through a 4-D descriptor
+    whose zero fill is the padding, computing the transposed tile (SWAP_AB)."""
     if not uses_tma(consts, element_size):
         return []
     if not _is_gemm(consts):
-        return [triton.Config({"BLOCK_M": pixels, "BLOCK_N": channels,
+        return [triton.Config({"BLOCK_M": block_m, "BLOCK_N": channels,
                                "BLOCK_K": _TMA_BLOCK_K, "LEAN_K": True, "USE_TMA": True,
-                               "SWAP_AB": True, "PATCH_W": patch_width(consts["OW"], pixels)},
+                               "SWAP_AB": True, "PATCH_W": patch_w},
                               num_warps=warps, num_stages=3)
                 for pixels, channels, warps in _PATCH_TILES
-                if channels <= max(64, consts["C_out"])]
+                if channels <= max(64, consts["C_out"])
+                for block_m, patch_w in [patch_tile(consts["OH"], consts["OW"], pixels)]]
     # A single K step (C_in = 64) has no loop to pipeline: on sm_90 its TMA tile issues 2.5-3.2
     # warp-instructions per 1,000 FMA and waits for every MMA (fusedres inspect).
     if consts["C_in"] < 2 * _TMA_BLOCK_K:
@@ -628,9 +637,11 @@ def tma_candidates(consts, element_size):
 
 
 # Split-K: a launch with fewer tiles than the GPU has SMs (batch 1: layer4 runs 8 programs on
-# an H100/H200's 132) splits each tile's K steps into as many slices as bring it to one
-# program per SM; not a K walk shorter than MIN_SPLIT_K_STEPS (its slices would be all
-# prologue: 2.4 warp-instructions per 1,000 FMA on sm_90 for 2 steps in 2 slices).
+# an H100/H200's 132) splits each tile's K steps into as many slices as bring it to at least
+# one program per SM, down to one step per slice where that is what it takes (2048 -> 512 at
+# 7x7: 32 slices of one step; 0.24 warp-instructions per 1,000 FMA on sm_90, the tuner times
+# them against the unsplit tiles).  Not a K walk shorter than MIN_SPLIT_K_STEPS: 2 steps in
+# 2 slices issued 2.4 there, the walk too short to hide a slice's prologue.
 _SMS = 132
 MIN_SPLIT_K_STEPS = 4
 # The tiles that get a split-K candidate: the small ones (M is small whenever the grid is).
@@ -661,9 +672,13 @@ def split_k_for(m, consts, block_m, block_n, block_k):
 
 
 def split_k_candidates(m, consts, element_size):
-    """The split-K configs for a launch of M = ``m`` (empty when its grid fills the GPU)."""
+    """The split-K configs for a launch of M = ``m`` (empty when its grid fills the GPU); not
+    a tile wider than the layer's output channels (half of it would stay empty)."""
     configs = []
+    cout_g = consts["C_out"] // consts["GROUPS"]
     for bm, bn, bk, warps, stages in _SPLIT_TILES[4 if element_size == 4 else 2]:
+        if bn > max(64, cout_g):
+            continue
         split = split_k_for(m, consts, bm, bn, bk)
         if split > 1:
             configs.append(triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk,
@@ -715,6 +730,9 @@ INTERPRETER_SPLIT_K = 1
 # TMA tiles, the stem's strip walk under the interpreter where a launch can take them (the
 # tests set these).
 INTERPRETER_TMA = False
+# The interpreter's patch tiles hold at most this many pixels (a test lowers it to cut rows
+# into several patches).
+INTERPRETER_PATCH_PIXELS = 128
 INTERPRETER_STRIP_K = False
 INTERPRETER_PAD_C = False
 
@@ -724,9 +742,8 @@ def _interpreter_variant(config, consts, element_size):
     if INTERPRETER_TMA and uses_tma(consts, element_size):
         config = dict(config, USE_TMA=True)
         if not _is_gemm(consts):
-            patch_w = patch_width(consts["OW"], 64)
-            rows = min(triton.next_power_of_2(consts["OH"]), 128 // patch_w)
-            config = dict(config, BLOCK_M=patch_w * rows, BLOCK_K=_TMA_BLOCK_K, SWAP_AB=True,
+            block_m, patch_w = patch_tile(consts["OH"], consts["OW"], INTERPRETER_PATCH_PIXELS)
+            config = dict(config, BLOCK_M=block_m, BLOCK_K=_TMA_BLOCK_K, SWAP_AB=True,
                           PATCH_W=patch_w)
     strip = max(16, triton.next_power_of_2(consts["KW"] * consts["C_in"]))
     if INTERPRETER_STRIP_K and uses_strip(consts, strip):

@@ -99,18 +99,18 @@ def k_loop(request, monkeypatch):
 
 @pytest.fixture
 def split_k(monkeypatch):
-    """Runs a test with split-K: under the interpreter up to 3 slices of BLOCK_K=16 steps, on
-    a GPU the default tile cut into up to 3 slices.  Yields the slice count of every split
-    launch (each runs the split-K epilogue kernel once), so a test can check that K was
-    really split."""
+    """Runs a test with split-K: up to INTERPRETER_SPLIT_K (3 unless a test sets it) slices
+    of BLOCK_K=16 steps, under the interpreter through its config, on a GPU on the default
+    tile.  Yields the slice count of every split launch (each runs the split-K epilogue kernel
+    once), so a test can check that K was really split."""
     monkeypatch.setattr(kernel_module, "INTERPRETER_SPLIT_K", 3)
     default = kernel_module.choose_config
 
     def forced(ints, consts, dtype, launch, device):
         config = default(ints, consts, dtype, launch, device)
-        steps = kernel_module.k_steps(consts, config.kwargs["BLOCK_K"])
-        return triton.Config({**config.kwargs, "LEAN_K": True,
-                              "SPLIT_K": min(steps, 3)},
+        steps = kernel_module.k_steps(consts, 16)
+        return triton.Config({**config.kwargs, "BLOCK_K": 16, "LEAN_K": True,
+                              "SPLIT_K": min(steps, kernel_module.INTERPRETER_SPLIT_K)},
                              num_warps=config.num_warps, num_stages=config.num_stages)
 
     monkeypatch.setattr(kernel_module, "choose_config", forced)
@@ -314,6 +314,30 @@ def test_tma_patches_with_shortcut_keep_nan_and_inf(where, patches):
     assert_close_to_reference(out[finite], ref[finite], rel_tol(torch.float16), "TMA patches")
 
 
+def test_tma_patches_cut_a_long_row(patches, monkeypatch):
+    # Patches narrower than the row (here 32 of 37 pixels, then 5): the program's patch column
+    # comes from its id, and the last patch hangs over the row's end.
+    monkeypatch.setattr(kernel_module, "INTERPRETER_PATCH_PIXELS", 32)
+    _check_geometry(("3x3/s1 long rows", 1, 64, 3, 37, 64, 3, 1, 1, 1, 1), torch.float16,
+                    "residual+relu")
+    if DEVICE.type == "cpu":
+        assert patches == [(32, True, True)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("geometry", PATCHED, ids=[g[0] for g in PATCHED])
+def test_every_tma_candidate_on_sm_90(geometry, monkeypatch):
+    if torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("TMA needs sm_90")
+    for index in range(2):
+        def forced(ints, consts, dtype, launch, device, index=index):
+            listed = kernel_module.tma_candidates(consts, dtype.itemsize)
+            return listed[min(index, len(listed) - 1)]
+
+        monkeypatch.setattr(kernel_module, "choose_config", forced)
+        _check_geometry(geometry, torch.float16, "residual+relu")
+
+
 def test_tma_patches_fall_back_to_pointers_for_a_misaligned_input(patches):
     # The same patch tiles and transposed tile, loaded by pointers (masks for the padding).
     n, c, h, w = 1, 64, 6, 7
@@ -364,6 +388,8 @@ def test_tma_candidates_only_where_they_apply():
                 assert kw.get("SWAP_AB", False) is three
                 if three:
                     assert kw["PATCH_W"] == min(64, triton.next_power_of_2(consts["OW"]))
+                    # No patch row below the image: at 7x7 an 8x8 patch.
+                    assert kw["BLOCK_M"] // kw["PATCH_W"] <= triton.next_power_of_2(consts["OH"])
             assert not any(c.kwargs.get("USE_TMA")
                            for arch in (80, None)
                            for c in kernel_module.candidates(consts, 2, ints["M"], arch))
@@ -508,10 +534,31 @@ def test_at_most_eight_candidates_per_launch(model):
                         continue
                     assert min(c.num_warps for c in listed) >= 4
                     if consts["PAD"] and not consts["GATHER_K"]:
-                        assert (64, 64) not in {kernel_module._tile(c)[:2] for c in listed}
+                        assert (64, 64) not in {kernel_module._tile(c)[:2] for c in listed
+                                                if not c.kwargs.get("USE_TMA")}
                     if kernel_module.strip_candidates(consts):
                         gathered = [c for c in listed if not c.kwargs.get("STRIP_K")]
                         assert [kernel_module._tile(c) for c in gathered] == [(128, 128, 32)]
+
+
+def test_at_most_eight_candidates_for_any_geometry():
+    # Beyond ResNet: unpadded and padded kernels of every size, strides, channel counts that
+    # do and do not take TMA, groups, small and large grids.
+    import itertools
+    for kernel, pad, stride, c_in, c_out, groups, m in itertools.product(
+            (1, 3, 5, 7), (0, 1, 3), (1, 2), (3, 16, 64, 128), (64, 128, 256), (1, 4),
+            (49, 100_000)):
+        if c_in % groups:
+            continue
+        batch = 1 if m == 49 else 2041
+        _, consts = kernel_module.launch_scalars(
+            batch=batch, c_in=c_in, height=7 * stride, width=7 * stride, c_out=c_out,
+            kernel_size=(kernel, kernel), stride=stride, padding=pad, dilation=1,
+            groups=groups, relu=True, residual=False, shortcut=None, dtype=torch.float16,
+            allow_tf32=False, interpreted=False)
+        for size, arch in itertools.product((2, 4), (80, 90, None)):
+            listed = kernel_module.candidates(consts, size, m, arch)
+            assert 0 < len(listed) <= kernel_module.MAX_CANDIDATES, (kernel, pad, stride, c_in)
 
 
 @pytest.mark.parametrize("model", ["resnet18", "resnet50"])
