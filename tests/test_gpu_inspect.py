@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 
-from fusedres import aot, cli, gpu_inspect
+from fusedres import aot, cli, gpu_inspect, trace
 from fusedres.kernels import cudnn_allows_tf32, fused_conv
 
 MODELS = ("resnet18", "resnet50")
@@ -138,6 +138,20 @@ def test_warmup_cli_compiles_every_candidate(compiled_cases, capsys):
     geometries = len(specs)
     compiles = sum(len(gpu_inspect.candidate_configs(spec, 90)) for spec in specs)
     assert f"compiled {compiles} kernels for {geometries} geometries" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("width", [1, 2, 4])
+def test_patch_tiles_of_narrow_images_compile_to_wgmma(width):
+    # Patches narrower than a TMA swizzle row (PATCH_W 1-4 pixels): still wgmma, TMA, no
+    # spills, on both patch tiles.
+    spec = trace.LaunchSpec(batch=2, c_in=128, height=5, width=width, c_out=128,
+                            kernel_size=(3, 3), stride=1, padding=1, dilation=1, groups=1,
+                            relu=True, residual=True, shortcut=None, dtype=torch.float16)
+    patches = [c for c in aot.candidate_configs(spec, autotuning=True, arch=90) if c.patch_w]
+    assert [c.patch_w for c in patches] == [width, width]
+    for config in patches:
+        result = gpu_inspect.compile_one(spec, config, 90, allow_tf32=False)
+        assert gpu_inspect.check(result, 90) == [] and result.tma, (config, result)
 
 
 def test_a_config_that_cannot_compile_is_reported():
