@@ -195,23 +195,30 @@ def tma(monkeypatch):
     return used
 
 
-@pytest.fixture
-def patches(monkeypatch, tma):
-    """With ``tma``: yields (PATCH_W, SWAP_AB, USE_TMA) of every launch that ran patch tiles."""
-    launched = []
+def _record_launches(monkeypatch, record):
+    """Wraps the kernel so that ``record`` sees the constexprs of every launch; returns the
+    list of what it returned, None left out."""
+    seen = []
     launch = kernel_module.conv_bn_act_kernel
 
     class Recording:
         def __getitem__(self, grid):
             def run(*args, **kwargs):
-                if kwargs.get("PATCH_W"):
-                    launched.append((kwargs["PATCH_W"], kwargs.get("SWAP_AB"),
-                                     kwargs.get("USE_TMA", False)))
+                value = record(kwargs)
+                if value is not None:
+                    seen.append(value)
                 return launch[grid](*args, **kwargs)
             return run
 
     monkeypatch.setattr(kernel_module, "conv_bn_act_kernel", Recording())
-    return launched
+    return seen
+
+
+@pytest.fixture
+def patches(monkeypatch, tma):
+    """With ``tma``: yields (PATCH_W, SWAP_AB, USE_TMA) of every launch that ran patch tiles."""
+    return _record_launches(monkeypatch, lambda kw: (
+        kw["PATCH_W"], kw.get("SWAP_AB"), kw.get("USE_TMA", False)) if kw.get("PATCH_W") else None)
 
 
 # The 1x1 stride-1 geometries, which can take TMA tiles; the last has channel counts that
@@ -252,19 +259,23 @@ def test_tma_with_shortcut_keeps_nan_and_inf(where, tma):
     assert_close_to_reference(out[finite], ref[finite], rel_tol(torch.float16), "TMA shortcut")
 
 
-def test_tma_falls_back_to_pointers_for_a_misaligned_input(tma):
-    # A channels_last view 2 bytes into its storage: no TMA descriptor may point there.
-    n, c, h, w = 1, 64, 5, 7
+@pytest.mark.parametrize("kernel,c_out", [(1, 128), (3, 72)], ids=["1x1 rows", "3x3 patches"])
+def test_tma_falls_back_to_pointers_for_a_misaligned_input(kernel, c_out, tma, patches):
+    # A channels_last view 2 bytes into its storage: no TMA descriptor may point there.  The
+    # 3x3 launch keeps its patch tiles and transposed tile, loaded by pointers (masks for the
+    # padding).
+    n, c, h, w = 1, 128, 6, 7
     storage = torch.randn(n * h * w * c + 1, device=DEVICE).to(torch.float16)
     x = storage[1:].view(n, h, w, c).permute(0, 3, 1, 2)
     assert x.is_contiguous(memory_format=torch.channels_last) and x.data_ptr() % 16
-    weight = (torch.randn(128, c, 1, 1, device=DEVICE) / 8).to(torch.float16)
-    bias = torch.randn(128, device=DEVICE)
-    out = _launch(x, weight, bias, kernel=1, stride=1, padding=0, dilation=1, groups=1,
-                  relu=True)
+    weight = (torch.randn(c_out, c, kernel, kernel, device=DEVICE) / (12 * kernel)).half()
+    bias = torch.randn(c_out, device=DEVICE)
+    out = _launch(x, weight, bias, kernel=kernel, stride=1, padding=kernel // 2, dilation=1,
+                  groups=1, relu=True)
     assert tma == []
-    assert_close_to_reference(out, _reference(x, weight, bias, 1, 0, 1, 1),
-                              rel_tol(torch.float16), "misaligned")
+    assert [p[1:] for p in patches] == ([(True, False)] if kernel == 3 else [])
+    assert_close_to_reference(out, _reference(x, weight, bias, 1, kernel // 2, 1, 1),
+                              rel_tol(torch.float16), f"misaligned {kernel}x{kernel}")
 
 
 # The 3x3 stride-1 geometries, which take TMA patch tiles (C_in a multiple of 64): image
@@ -338,21 +349,6 @@ def test_every_tma_candidate_on_sm_90(geometry, monkeypatch):
         _check_geometry(geometry, torch.float16, "residual+relu")
 
 
-def test_tma_patches_fall_back_to_pointers_for_a_misaligned_input(patches):
-    # The same patch tiles and transposed tile, loaded by pointers (masks for the padding).
-    n, c, h, w = 1, 64, 6, 7
-    storage = torch.randn(n * h * w * c + 1, device=DEVICE).to(torch.float16)
-    x = storage[1:].view(n, h, w, c).permute(0, 3, 1, 2)
-    assert x.is_contiguous(memory_format=torch.channels_last) and x.data_ptr() % 16
-    weight = (torch.randn(72, c, 3, 3, device=DEVICE) / 24).to(torch.float16)
-    bias = torch.randn(72, device=DEVICE)
-    out = _launch(x, weight, bias, kernel=3, stride=1, padding=1, dilation=1, groups=1,
-                  relu=True)
-    assert len(patches) == 1 and patches[0] == (patches[0][0], True, False)
-    assert_close_to_reference(out, _reference(x, weight, bias, 1, 1, 1, 1),
-                              rel_tol(torch.float16), "misaligned patches")
-
-
 def test_tma_keeps_a_users_allocator():
     import contextvars
     from triton.runtime import _allocation
@@ -407,19 +403,7 @@ def strip_k(monkeypatch):
         monkeypatch.setattr(kernel_module, "choose_config",
                             lambda ints, consts, *_: kernel_module._without(
                                 kernel_module.strip_candidates(consts)[0], "PAD_C"))
-    used = []
-    launch = kernel_module.conv_bn_act_kernel
-
-    class Recording:
-        def __getitem__(self, grid):
-            def run(*args, **kwargs):
-                if kwargs.get("STRIP_K"):
-                    used.append(kwargs["BLOCK_K"])
-                return launch[grid](*args, **kwargs)
-            return run
-
-    monkeypatch.setattr(kernel_module, "conv_bn_act_kernel", Recording())
-    return used
+    return _record_launches(monkeypatch, lambda kw: kw["BLOCK_K"] if kw.get("STRIP_K") else None)
 
 
 # (name, N, C_in, H, W, C_out, kernel, stride, padding): the stem and other small-channel
