@@ -179,7 +179,10 @@ def tma(monkeypatch):
             pytest.skip("TMA needs sm_90")
 
         def forced(ints, consts, dtype, launch, device):
-            return kernel_module.tma_candidates(consts, dtype.itemsize)[0]
+            listed = kernel_module.tma_candidates(consts, dtype.itemsize)
+            if not listed:  # the interpreter runs TMA there; a GPU lists no TMA tile
+                pytest.skip("no TMA candidate on sm_90 for this launch (a single K step)")
+            return listed[0]
 
         monkeypatch.setattr(kernel_module, "choose_config", forced)
     used = []
@@ -237,8 +240,9 @@ def test_tma_matches_float64(geometry, dtype, epilogue, tma):
 
 @pytest.mark.parametrize("where", ["input", "shortcut input", "residual"])
 def test_tma_with_shortcut_keeps_nan_and_inf(where, tma):
-    # Layer1's first Bottleneck: 1x1/s1 main convolution (TMA) with a 1x1/s1 shortcut.
-    x, weight, bias = _operands(1, 64, 7, 6, 256, 1, 1, torch.float16)
+    # A Bottleneck's last 1x1/s1 convolution (TMA; 128 input channels, so that sm_90 lists a
+    # TMA tile) with a 1x1/s1 shortcut of 64 channels, as in layer1's first block.
+    x, weight, bias = _operands(1, 128, 7, 6, 256, 1, 1, torch.float16)
     xs = torch.randn(1, 64, 7, 6, device=DEVICE).to(torch.float16)
     w_short = (torch.randn(256, 64, 1, 1, device=DEVICE) / 8).to(torch.float16)
     residual = torch.randn(1, 256, 7, 6, device=DEVICE).to(torch.float16)
