@@ -554,6 +554,7 @@ def test_split_k_candidates_fill_the_gpu_at_batch_1(model):
     """Batch 1's layer3/layer4 get split-K candidates that launch at least one program per SM
     (132); batch 256 gets none; there are never more slices than K steps (an empty slice)."""
     from fusedres import gpu_inspect
+    checked = 0
     for batch in (1, 256):
         for spec in gpu_inspect.specialisations(model, torch.float16, batch):
             ints, consts = kernel_module.launch_scalars(**spec._asdict(), allow_tf32=False,
@@ -565,10 +566,13 @@ def test_split_k_candidates_fill_the_gpu_at_batch_1(model):
             for config in split:
                 kw = config.kwargs
                 assert 1 < kw["SPLIT_K"] <= kernel_module.k_steps(consts, kw["BLOCK_K"])
+                checked += 1
             if consts["OH"] <= 14:  # layer3 and layer4
+                assert split, spec.describe()
                 assert max(triton.cdiv(ints["M"], c.kwargs["BLOCK_M"])
                            * triton.cdiv(spec.c_out, c.kwargs["BLOCK_N"]) * c.kwargs["SPLIT_K"]
                            for c in split) >= kernel_module._SMS, spec.describe()
+    assert checked >= 8  # batch 1 has split-K candidates to check
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
