@@ -616,13 +616,16 @@ def tma_candidates(consts, element_size):
     if not uses_tma(consts, element_size):
         return []
     if not _is_gemm(consts):
-        return [triton.Config({"BLOCK_M": block_m, "BLOCK_N": channels,
-                               "BLOCK_K": _TMA_BLOCK_K, "LEAN_K": True, "USE_TMA": True,
-                               "SWAP_AB": True, "PATCH_W": patch_w},
-                              num_warps=warps, num_stages=3)
-                for pixels, channels, warps in _PATCH_TILES
-                if channels <= max(64, consts["C_out"])
-                for block_m, patch_w in [patch_tile(consts["OH"], consts["OW"], pixels)]]
+        configs = []
+        for pixels, channels, warps in _PATCH_TILES:
+            if channels > max(64, consts["C_out"]):
+                continue
+            block_m, patch_w = patch_tile(consts["OH"], consts["OW"], pixels)
+            configs.append(triton.Config({"BLOCK_M": block_m, "BLOCK_N": channels,
+                                          "BLOCK_K": _TMA_BLOCK_K, "LEAN_K": True,
+                                          "USE_TMA": True, "SWAP_AB": True, "PATCH_W": patch_w},
+                                         num_warps=warps, num_stages=3))
+        return configs
     # A single K step (C_in = 64) has no loop to pipeline: on sm_90 its TMA tile issues 2.5-3.2
     # warp-instructions per 1,000 FMA and waits for every MMA (fusedres inspect).
     if consts["C_in"] < 2 * _TMA_BLOCK_K:
