@@ -110,10 +110,10 @@ def _write_kernel_report(path):
     compare with ``fusedres inspect``'s reading of the same cubins.  Reads the JIT's
     per-device cache, a Triton internal: a report, never a reason to fail the run."""
     import json
-    from fusedres.kernels import fused_conv
+    from fusedres.kernels.conv import launcher
     rows = []
     try:
-        jit_caches = [c for jit in fused_conv.JIT_FUNCTIONS for c in jit.device_caches.values()]
+        jit_caches = [c for jit in launcher.JIT_FUNCTIONS for c in jit.device_caches.values()]
         for caches in jit_caches:
             for key, kernel in caches[0].items():
                 meta = kernel.metadata

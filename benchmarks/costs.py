@@ -5,38 +5,32 @@ once and writes its output once.  Every contender of a comparison is credited wi
 bytes, so GB/s compares like for like (eager really moves more: separate BN, add and ReLU
 passes).
 """
-from fusedres.kernels import conv_output_size
-from fusedres.trace import LaunchSpec
+from fusedres.kernels import ConvGeometry
 
 _BYTES = {"torch.float16": 2, "torch.bfloat16": 2, "torch.float32": 4}
 
 
-def output_size(spec: LaunchSpec):
-    kh, kw = spec.kernel_size
-    return (conv_output_size(spec.height, kh, spec.stride, spec.padding, spec.dilation),
-            conv_output_size(spec.width, kw, spec.stride, spec.padding, spec.dilation))
-
-
-def launch_flops(spec: LaunchSpec) -> int:
+def launch_flops(spec: ConvGeometry) -> int:
     """2 x multiply-adds of the convolution and its fused 1x1 shortcut."""
     kh, kw = spec.kernel_size
-    oh, ow = output_size(spec)
+    oh, ow = spec.output_size
     pixels = spec.batch * oh * ow
     flops = 2 * pixels * spec.c_out * kh * kw * spec.c_in // spec.groups
     if spec.shortcut is not None:
-        flops += 2 * pixels * spec.c_out * spec.shortcut[0]
+        flops += 2 * pixels * spec.c_out * spec.shortcut.channels
     return flops
 
 
-def launch_bytes(spec: LaunchSpec) -> int:
+def launch_bytes(spec: ConvGeometry) -> int:
     kh, kw = spec.kernel_size
-    oh, ow = output_size(spec)
+    oh, ow = spec.output_size
     elements = (spec.batch * spec.height * spec.width * spec.c_in          # input
                 + kh * kw * spec.c_in // spec.groups * spec.c_out          # weight
                 + spec.batch * oh * ow * spec.c_out * (2 if spec.residual else 1))
     if spec.shortcut is not None:
-        c_s, hs, ws, _ = spec.shortcut
-        elements += spec.batch * hs * ws * c_s + c_s * spec.c_out
+        short = spec.shortcut
+        elements += (spec.batch * short.height * short.width * short.channels
+                     + short.channels * spec.c_out)
     return elements * _BYTES[str(spec.dtype)] + 4 * spec.c_out              # + fp32 bias
 
 

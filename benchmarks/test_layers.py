@@ -9,7 +9,8 @@ import fusedres
 from benchmarks import costs
 from fusedres import ops
 from fusedres.folding import FoldCache
-from fusedres.kernels import autotune, cudnn_allows_tf32, fused_conv
+from fusedres.kernels import cudnn_allows_tf32
+from fusedres.kernels.conv import launcher
 from fusedres.trace import trace_launches, unique
 
 # (batch, size, dtype) the models are traced at.  GPU: the headline configuration.  CPU:
@@ -21,7 +22,7 @@ def layer_id(spec) -> str:
     kh, kw = spec.kernel_size
     text = f"{spec.c_in}x{spec.height}x{spec.width}-{spec.c_out}-k{kh}s{spec.stride}"
     if spec.shortcut is not None:
-        text += f"-sc{spec.shortcut[0]}s{spec.shortcut[3]}"
+        text += f"-sc{spec.shortcut.channels}s{spec.shortcut.stride}"
     return text + ("-res" if spec.residual else "")
 
 
@@ -56,13 +57,13 @@ def layer_contenders(spec, device):
                         spec.dilation, spec.groups, device, dtype)
     x = torch.randn(spec.batch, spec.c_in, spec.height, spec.width, device=device,
                     dtype=dtype).contiguous(memory_format=cl)
-    oh, ow = costs.output_size(spec)
+    oh, ow = spec.output_size
     residual = shortcut = None
     if spec.residual:
         residual = torch.randn(spec.batch, spec.c_out, oh, ow, device=device,
                                dtype=dtype).contiguous(memory_format=cl)
     if spec.shortcut is not None:
-        c_s, hs, ws, stride_s = spec.shortcut
+        c_s, hs, ws, stride_s, _ = spec.shortcut
         conv_s, bn_s = _conv_bn(c_s, spec.c_out, 1, stride_s, 0, 1, 1, device, dtype)
         xs = torch.randn(spec.batch, c_s, hs, ws, device=device,
                          dtype=dtype).contiguous(memory_format=cl)
@@ -81,7 +82,7 @@ def layer_contenders(spec, device):
 
     def fused():
         with torch.inference_mode():
-            return ops.fused_step(x, conv, bn, cache, relu=spec.relu, residual=residual,
+            return ops.conv_bn_act(x, conv, bn, cache, relu=spec.relu, residual=residual,
                                    shortcut=shortcut)
 
     return {"eager": eager, "fused": fused}
@@ -89,17 +90,15 @@ def layer_contenders(spec, device):
 
 def chosen_config(spec):
     """The config the GPU launch of ``spec`` ran with in this process ("-" on CPU)."""
-    ints, consts = fused_conv.launch_scalars(**spec._asdict(), allow_tf32=cudnn_allows_tf32(),
-                                             interpreted=False)
-    config = fused_conv.chosen_config(ints, consts, spec.dtype)
-    return autotune.describe(config) if config is not None else "-"
+    config = launcher.chosen_config(spec, cudnn_allows_tf32())
+    return config.describe() if config is not None else "-"
 
 
 @pytest.mark.parametrize("layer", list(LAYERS))
 def test_layer(measure_pair, device, layer):
     spec = LAYERS[layer]
     flops, nbytes = costs.launch_flops(spec), costs.launch_bytes(spec)
-    oh, ow = costs.output_size(spec)
+    oh, ow = spec.output_size
     outputs = spec.batch * oh * ow * spec.c_out
     measure_pair(layer_contenders(spec, device),
                  lambda median: {**costs.throughput(outputs, median, flops, nbytes, "outputs"),

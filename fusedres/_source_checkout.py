@@ -17,7 +17,7 @@ _PACKAGE = os.path.dirname(os.path.abspath(__file__))
 _CHECKOUT_KERNELS = os.path.join(os.path.dirname(_PACKAGE), "kernels")
 # A file only this project's kernels folder has: a stray top-level ``kernels`` package (the
 # unrelated PyPI one) next to an installed fusedres must not be picked up.
-_MARKER = "fused_conv.py"
+_MARKER = os.path.join("conv", "kernel.py")
 
 
 class _CheckoutKernels(importlib.abc.MetaPathFinder):

@@ -1,7 +1,7 @@
 """Ahead-of-time compilation of the kernels a model will launch, in parallel, through Triton's
 own JIT, so the result lands in Triton's cache under the very key the launch looks up.
 
-A job is one traced launch (``trace.LaunchSpec``) with one config, for one target
+A job is one traced launch (a ``ConvGeometry``) with one config, for one target
 architecture.  Each job is compiled by ``compile_ahead`` in the kernel module, which calls
 the JIT's ``warmup``: the same binder, specialisation, constexprs and options as a real
 launch, with mock pointers in place of tensors.  Nothing here re-derives Triton's cache key;
@@ -29,63 +29,21 @@ import threading
 import time
 from typing import NamedTuple, Optional
 
-import torch
 import triton
 
-from . import kernels
-from .kernels import fused_conv as conv_kernel
-from .trace import LaunchSpec
+from .kernels import ConvConfig, ConvGeometry, autotune
+from .kernels.conv import configs, launcher
 
 # Tensor-core matrix instructions in PTX, best first: Hopper's warpgroup MMA, then the
 # Ampere-style warp MMA (also valid, but slower, on sm_90).
 TENSOR_CORE_OPS = ("wgmma", "mma.sync")
 
 
-class TileConfig(NamedTuple):
-    """One autotune config, in a picklable, printable form."""
-    block_m: int
-    block_n: int
-    block_k: int
-    num_warps: int
-    num_stages: int
-    lean_k: bool = True  # the K loop: lean, or the first design (kernels/fused_conv.py)
-    split_k: int = 1     # K slices per tile (split-K), 1 for none
-    tma: bool = False    # tiles by TMA (stride-1 convolutions on sm_90)
-    strip_k: bool = False  # the stem's K walk as filter-row strips
-    pad_c: int = 0       # input channels padded to this many by the launcher (0: none)
-    swap_ab: bool = False  # the transposed tile (output channels as the MMA's M)
-    patch_w: int = 0     # M tile as a patch of rows this many pixels wide (0: a run of pixels)
-
-    @classmethod
-    def from_triton(cls, config: triton.Config) -> "TileConfig":
-        kw = config.kwargs
-        return cls(kw["BLOCK_M"], kw["BLOCK_N"], kw["BLOCK_K"], config.num_warps,
-                   config.num_stages, kw.get("LEAN_K", True), kw.get("SPLIT_K", 1),
-                   kw.get("USE_TMA", False), kw.get("STRIP_K", False), kw.get("PAD_C", 0),
-                   kw.get("SWAP_AB", False), kw.get("PATCH_W", 0))
-
-    def to_triton(self) -> triton.Config:
-        # The variants' constexprs only when set: the kernel's defaults otherwise, so that
-        # the other configs launch (and are cached) exactly as before these variants existed.
-        extra = {"SPLIT_K": self.split_k} if self.split_k != 1 else {}
-        extra.update({"USE_TMA": True} if self.tma else {})
-        extra.update({"STRIP_K": True} if self.strip_k else {})
-        extra.update({"PAD_C": self.pad_c} if self.pad_c else {})
-        extra.update({"SWAP_AB": True} if self.swap_ab else {})
-        extra.update({"PATCH_W": self.patch_w} if self.patch_w else {})
-        return triton.Config({"BLOCK_M": self.block_m, "BLOCK_N": self.block_n,
-                              "BLOCK_K": self.block_k, "LEAN_K": self.lean_k, **extra},
-                             num_warps=self.num_warps, num_stages=self.num_stages)
-
-    def describe(self) -> str:
-        return kernels.autotune.describe(self.to_triton())
-
-
 class Job(NamedTuple):
     """One compile: a traced launch, a config, a target (80 = sm_80, 90 = sm_90) and the TF32
     setting the launch would read."""
-    spec: LaunchSpec
-    config: TileConfig
+    geometry: ConvGeometry
+    config: ConvConfig
     arch: int
     allow_tf32: bool
 
@@ -110,23 +68,18 @@ class CompileResult:
     tma: Optional[bool] = None
 
 
-def candidate_configs(spec: LaunchSpec, autotuning: Optional[bool] = None,
-                      arch: Optional[int] = None):
-    """The configs a launch of ``spec`` may use on ``arch`` (80, 90; None: the candidates of
-    every architecture but the sm_90-only ones): the tuner's candidates, or only the
-    heuristic default when autotuning is off."""
-    element_size = torch.empty((), dtype=spec.dtype).element_size()
+def candidate_configs(geometry: ConvGeometry, autotuning: Optional[bool] = None,
+                      arch: Optional[int] = None, sms: Optional[int] = None):
+    """The configs a launch of ``geometry`` may use on ``arch`` (80, 90; None: the candidates
+    of every architecture but the sm_90-only ones) with ``sms`` SMs (default: the arch's usual
+    card): the tuner's candidates, or only the heuristic default when autotuning is off."""
+    element_size = geometry.dtype.itemsize
     if autotuning is None:
-        autotuning = kernels.autotune.enabled()
-    ints, consts = _scalars(spec, allow_tf32=False)
+        autotuning = autotune.enabled()
+    ints, consts = geometry.scalars(allow_tf32=False, interpreted=False)
     if autotuning:
-        return [TileConfig.from_triton(c)
-                for c in conv_kernel.candidates(consts, element_size, ints["M"], arch)]
-    return [TileConfig.from_triton(conv_kernel.default_config(ints["M"], consts, element_size))]
-
-
-def _scalars(spec, allow_tf32):
-    return conv_kernel.launch_scalars(**spec._asdict(), allow_tf32=allow_tf32, interpreted=False)
+        return configs.candidates(consts, element_size, ints["M"], arch, sms)
+    return [configs.default_config(ints["M"], consts, element_size)]
 
 
 # ---------------------------------------------------------------- the JIT, on a named target
@@ -155,7 +108,7 @@ def target_driver(arch):
     exists.  The JIT builds its per-device state (binder, backend, in-memory kernels) once per
     device from the driver's target and keys nothing on the target afterwards, so the block
     gets fresh state, and the state from before comes back after it."""
-    driver, jits = triton.runtime.driver, conv_kernel.JIT_FUNCTIONS
+    driver, jits = triton.runtime.driver, launcher.JIT_FUNCTIONS
     previous, previous_caches = driver._active, [jit.device_caches for jit in jits]
     driver.set_active(_TargetDriver(arch))
     for jit in jits:
@@ -193,9 +146,8 @@ def compile_here(job: Job):
     """Compile ``job`` in this process, through the JIT; returns Triton's compiled kernel
     (None where a ``jit_cache_hook`` skipped it).  Needs a process whose Triton is not the
     interpreter."""
-    ints, consts = _scalars(job.spec, job.allow_tf32)
     with target_driver(job.arch):
-        return conv_kernel.compile_ahead(ints, consts, job.spec.dtype, job.config.to_triton())
+        return launcher.compile_ahead(job.geometry, job.config, job.allow_tf32)
 
 
 # ---------------------------------------------------------------- parallel compiling

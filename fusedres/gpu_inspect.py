@@ -19,10 +19,11 @@ import torch
 import triton
 
 from . import aot, trace
-from .aot import TENSOR_CORE_OPS, CompileResult, Job, TileConfig
+from .aot import TENSOR_CORE_OPS, CompileResult, Job
 from .cli import positive_int
 from .kernels import cudnn_allows_tf32
-from .kernels import fused_conv as conv_kernel
+from .kernels import ConvConfig, ConvGeometry
+from .kernels.conv import launcher
 from . import model_names
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -32,13 +33,13 @@ SHARED_LIMIT = {80: 166912, 90: 232448}
 # Triton releases this module is tested with; others may build their compile calls differently.
 TESTED_TRITON = ((3, 6), (3, 8))
 
-__all__ = ["TENSOR_CORE_OPS", "CompileResult", "Job", "TileConfig"]
+__all__ = ["TENSOR_CORE_OPS", "CompileResult", "Job"]
 
 
 class Row(NamedTuple):
     """One line of the report: a traced launch, a config and what compiling it gave."""
-    spec: trace.LaunchSpec
-    config: TileConfig
+    geometry: ConvGeometry
+    config: ConvConfig
     arch: int
     result: CompileResult
 
@@ -53,24 +54,24 @@ def specialisations(model_name, dtype, batch=256, size=(224, 224)):
     return trace.unique(trace.trace_launches(model, batch, size, dtype))
 
 
-def candidate_configs(spec, arch=None):
-    """Every config the tuner could pick for ``spec`` on ``arch`` (inspect checks them all)."""
-    return aot.candidate_configs(spec, autotuning=True, arch=arch)
+def candidate_configs(geometry, arch=None):
+    """Every config the tuner could pick for ``geometry`` on ``arch`` (inspect checks them all)."""
+    return aot.candidate_configs(geometry, autotuning=True, arch=arch)
 
 
-def uses_tensor_cores(spec, allow_tf32):
+def uses_tensor_cores(geometry, allow_tf32):
     """Whether the kernel's tl.dot should run on tensor cores: fp16/bf16 always, fp32 only
     as TF32 (IEEE fp32 has no tensor-core path)."""
-    return spec.dtype != torch.float32 or allow_tf32
+    return geometry.dtype != torch.float32 or allow_tf32
 
 
 # ---------------------------------------------------------------- compiling
 
-def compile_one(spec, config, arch, allow_tf32=None):
+def compile_one(geometry, config, arch, allow_tf32=None):
     """Compile one specialisation for ``arch`` (80 or 90) and return its CompileResult."""
     if allow_tf32 is None:
         allow_tf32 = cudnn_allows_tf32()
-    return compile_jobs([Job(spec, config, arch, allow_tf32)])[0]
+    return compile_jobs([Job(geometry, config, arch, allow_tf32)])[0]
 
 
 def compile_jobs(jobs, workers=None, progress=None):
@@ -104,7 +105,7 @@ def _cache_path(job):
 def _kernel_source_hash():
     """The kernel's source and the code that reads its compile (fusedres/aot.py)."""
     digest = hashlib.sha256()
-    for path in (conv_kernel.__file__, aot.__file__):
+    for path in (*launcher.KERNEL_SOURCES, aot.__file__):
         with open(path, "rb") as file:
             digest.update(file.read())
     return digest.hexdigest()
@@ -145,22 +146,24 @@ def check(result, arch, needs_tensor_core=True):
 
 
 def inspect_model(model_name, dtype, arch, batch=256, size=(224, 224), allow_tf32=None,
-                  workers=None, progress=None, geometry=None, config=None):
-    """One Row per (specialisation, candidate config) of the model on ``arch``; ``geometry``
-    and ``config``, when given, keep only rows whose description contains that text."""
+                  workers=None, progress=None, geometry_text=None, config_text=None):
+    """One Row per (specialisation, candidate config) of the model on ``arch``;
+    ``geometry_text`` and ``config_text``, when given, keep only rows whose description
+    contains that text."""
     if allow_tf32 is None:
         allow_tf32 = cudnn_allows_tf32()
-    pairs = [(spec, c) for spec in specialisations(model_name, dtype, batch, size)
-             if geometry is None or geometry in spec.describe()
-             for c in candidate_configs(spec, arch)
-             if config is None or config in c.describe()]
-    jobs = [Job(spec, config, arch, allow_tf32) for spec, config in pairs]
+    pairs = [(geometry, c) for geometry in specialisations(model_name, dtype, batch, size)
+             if geometry_text is None or geometry_text in geometry.describe()
+             for c in candidate_configs(geometry, arch)
+             if config_text is None or config_text in c.describe()]
+    jobs = [Job(geometry, config, arch, allow_tf32) for geometry, config in pairs]
     results = compile_jobs(jobs, workers, progress)
-    return [Row(spec, config, arch, result) for (spec, config), result in zip(pairs, results)]
+    return [Row(geometry, config, arch, result)
+            for (geometry, config), result in zip(pairs, results)]
 
 
 def row_problems(row, allow_tf32):
-    return check(row.result, row.arch, uses_tensor_cores(row.spec, allow_tf32))
+    return check(row.result, row.arch, uses_tensor_cores(row.geometry, allow_tf32))
 
 
 def issue_per_kfma(row):
@@ -177,24 +180,17 @@ def issue_per_kfma(row):
 
 def programs(row):
     """The launch's grid size at the traced batch."""
-    ints, consts = conv_kernel.launch_scalars(**row.spec._asdict(), allow_tf32=False,
-                                              interpreted=False)
-    return (conv_kernel.output_tiles(ints["M"], consts, row.config.to_triton().kwargs)
-            * consts["GROUPS"] * row.config.split_k)
+    ints, consts = row.geometry.scalars(allow_tf32=False, interpreted=False)
+    return (launcher.output_tiles(ints["M"], consts, row.config) * consts["GROUPS"]
+            * row.config.split_k)
 
 
 def row_record(row, allow_tf32):
     """One row as the fields of ``--json``."""
     r, ratio = row.result, issue_per_kfma(row)
     return {
-        "geometry": row.spec.describe(), "config": row.config.describe(),
-        "variant": ("lean" if row.config.lean_k else "classic")
-                   + (f" split-k {row.config.split_k}" if row.config.split_k > 1 else "")
-                   + (" tma" if row.config.tma else "")
-                   + (f" patch {row.config.patch_w}" if row.config.patch_w else "")
-                   + (" swap-ab" if row.config.swap_ab else "")
-                   + (" strip" if row.config.strip_k else "")
-                   + (f" pad-c {row.config.pad_c}" if row.config.pad_c else ""),
+        "geometry": row.geometry.describe(), "config": row.config.describe(),
+        "variant": row.config.variant(),
         "registers": r.registers, "spill_bytes": r.stack_bytes, "shared_bytes": r.shared_bytes,
         "mma": r.tensor_core or "none", "loop_instructions": r.loop_instructions,
         "mma_per_step": r.mma_per_step,
@@ -214,9 +210,9 @@ def best_per_geometry(rows, allow_tf32):
     for row in rows:
         if issue_per_kfma(row) is None or row_problems(row, allow_tf32):
             continue
-        current = best.get(row.spec)
+        current = best.get(row.geometry)
         if current is None or rank(row) < rank(current):
-            best[row.spec] = row
+            best[row.geometry] = row
     return best
 
 
@@ -229,7 +225,7 @@ def format_table(rows, allow_tf32):
         problems = row_problems(row, allow_tf32)
         ratio = issue_per_kfma(row)
         lines.append((
-            row.spec.describe(), row.config.describe(),
+            row.geometry.describe(), row.config.describe(),
             _or_dash(r.registers), _or_dash(r.stack_bytes), _or_dash(r.shared_bytes),
             r.tensor_core or "none",
             "-" if r.loop_instructions is None else f"{r.loop_instructions:.0f}",
@@ -320,17 +316,17 @@ def run(args) -> int:
     print(format_table(rows, allow_tf32))
     print("\nbest candidate per geometry (lowest issue/kFMA among clean rows, "
           "not serialised where one is):")
-    for spec, row in best_per_geometry(rows, allow_tf32).items():
-        print(f"  {spec.describe():58} {row.config.describe():30} "
+    for geometry, row in best_per_geometry(rows, allow_tf32).items():
+        print(f"  {geometry.describe():58} {row.config.describe():30} "
               f"{issue_per_kfma(row):.2f}  {row.result.tensor_core}")
     if args.json:
         with open(args.json, "w") as file:
             json.dump([row_record(row, allow_tf32) for row in rows], file, indent=1)
     failed = [row for row in rows if row_problems(row, allow_tf32)]
-    geometries = len({row.spec for row in rows})
+    geometries = len({row.geometry for row in rows})
     print(f"\n{args.model} {args.dtype} {args.arch}: {len(rows)} specialisations x configs "
           f"({geometries} geometries), {len(failed)} failed")
     for row in failed:
         for problem in row_problems(row, allow_tf32):
-            print(f"FAIL {row.spec.describe()} [{row.config.describe()}]: {problem}")
+            print(f"FAIL {row.geometry.describe()} [{row.config.describe()}]: {problem}")
     return 1 if failed else 0

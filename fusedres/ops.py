@@ -1,5 +1,5 @@
-"""One fused step, ``act(bn(conv(x)) [+ bn_s(conv_s(xs))] [+ residual])``, on the right backend;
-and the elementwise end of an attention block, ``act(y * gate + residual)``.
+"""``conv_bn_act``: ``act(bn(conv(x)) [+ bn_s(conv_s(xs))] [+ residual])`` in one launch, on the
+right backend; and the elementwise end of an attention block, ``act(y * gate + residual)``.
 
 Backends, chosen per call from the input tensor:
   * CUDA tensors: the Triton kernel.
@@ -11,13 +11,12 @@ Backends, chosen per call from the input tensor:
 import torch
 import torch.nn.functional as F
 
-from . import kernels, trace
+from . import kernels, library, trace
 from .folding import build_folded
-from .library import fused_launch
 
 
 def uses_triton(x: torch.Tensor) -> bool:
-    """Whether a fused step on ``x`` runs the Triton kernel (natively or interpreted)."""
+    """Whether ``conv_bn_act`` on ``x`` runs the Triton kernel (natively or interpreted)."""
     return x.is_cuda or (kernels.INTERPRETED and x.device.type == "cpu")
 
 
@@ -62,7 +61,7 @@ def check_input(x, conv, name="input"):
                         f"{', '.join(str(d) for d in kernels.SUPPORTED_DTYPES)}")
 
 
-def fused_step(x, conv, bn, cache, *, relu, residual=None, shortcut=None, shortcut_pool=False):
+def conv_bn_act(x, conv, bn, cache, *, relu, residual=None, shortcut=None, shortcut_pool=False):
     """Eval-mode ``relu?(bn(conv(x)) [+ bn_s(conv_s(xs))] [+ residual])`` in one launch.
 
     ``cache`` is the call site's ``FoldCache``; ``shortcut`` is ``(conv_s, bn_s, xs)``, a 1x1
@@ -99,11 +98,11 @@ def fused_step(x, conv, bn, cache, *, relu, residual=None, shortcut=None, shortc
         stride_s = 2 if shortcut_pool else conv_s.stride[0]
 
     if trace.active():
-        trace.note(trace.LaunchSpec(
+        trace.note(kernels.ConvGeometry(
             *x.shape, conv.out_channels, conv.kernel_size, conv.stride[0], conv.padding[0],
             conv.dilation[0], conv.groups, relu, residual is not None,
-            None if shortcut is None else (*xs.shape[1:], stride_s), dtype,
-            shortcut is not None and shortcut_pool))
+            None if shortcut is None else kernels.Shortcut(*xs.shape[1:], stride_s,
+                                                           shortcut_pool), dtype))
 
     triton = uses_triton(x)
     if tracing():
@@ -115,7 +114,7 @@ def fused_step(x, conv, bn, cache, *, relu, residual=None, shortcut=None, shortc
 
     if triton:
         if tracing():
-            return fused_launch(
+            return library.conv_bn_act(  # torch.ops.fusedres.conv_bn_act
                 x, f.weight, f.bias, residual, None if shortcut is None else xs,
                 f.shortcut_weight, list(conv.kernel_size), conv.stride[0], conv.padding[0],
                 conv.dilation[0], conv.groups, 1 if shortcut is None else stride_s,
@@ -145,7 +144,7 @@ def fused_step(x, conv, bn, cache, *, relu, residual=None, shortcut=None, shortc
 
 def scale_add_act(y, gate, residual, *, relu=True):
     """Eval-mode ``relu?(y * gate + residual)`` (the end of an SE / ECA block) in one pass:
-    the Triton kernel where ``fused_step`` launches one, two in-place torch ops otherwise.
+    the Triton kernel where ``conv_bn_act`` launches one, two in-place torch ops otherwise.
     While torch.compile / export trace, the torch ops (the compiler fuses them itself)."""
     if uses_triton(y) and not tracing():
         return kernels.scale_add_act(y, gate, residual, relu=relu)

@@ -17,6 +17,7 @@ import torch
 
 from . import aot, trace
 from .kernels import autotune, cudnn_allows_tf32
+from .kernels.runtime import sm_count
 
 
 class WarmupReport(NamedTuple):
@@ -49,21 +50,26 @@ def warmup(model, example_input: torch.Tensor, *, workers: Optional[int] = None,
                          f"{example_input.device} (the CPU path compiles nothing)")
     major, minor = torch.cuda.get_device_capability(example_input.device)
     batch, _, height, width = example_input.shape
-    specs = trace.unique(trace.trace_launches(model, batch, (height, width), example_input.dtype))
-    return compile_specs(specs, major * 10 + minor, workers=workers, progress=progress)
+    geometries = trace.unique(trace.trace_launches(model, batch, (height, width),
+                                                   example_input.dtype))
+    return compile_geometries(geometries, major * 10 + minor, sms=sm_count(example_input.device),
+                              workers=workers, progress=progress)
 
 
-def compile_specs(specs, arch: int, *, autotuning: Optional[bool] = None,
-                  workers: Optional[int] = None, progress=None) -> WarmupReport:
-    """Compile every candidate config of every LaunchSpec in ``specs`` for ``arch``."""
+def compile_geometries(geometries, arch: int, *, sms: Optional[int] = None,
+                       autotuning: Optional[bool] = None, workers: Optional[int] = None,
+                       progress=None) -> WarmupReport:
+    """Compile every candidate config of every ConvGeometry in ``geometries`` for ``arch``
+    with ``sms`` SMs (the device's, so that split-K candidates match its launches; default
+    the arch's usual card)."""
     allow_tf32 = cudnn_allows_tf32()
-    jobs = [aot.Job(spec, config, arch, allow_tf32) for spec in specs
-            for config in aot.candidate_configs(spec, autotuning, arch)]
+    jobs = [aot.Job(geometry, config, arch, allow_tf32) for geometry in geometries
+            for config in aot.candidate_configs(geometry, autotuning, arch, sms)]
     start = time.perf_counter()
     results = aot.compile_in_workers(jobs, workers, progress)
-    failures = [f"{job.spec.describe()} [{job.config.describe()}]: {result.error}"
+    failures = [f"{job.geometry.describe()} [{job.config.describe()}]: {result.error}"
                 for job, result in zip(jobs, results) if result.error is not None]
-    return WarmupReport(len(specs), len(jobs), time.perf_counter() - start, failures)
+    return WarmupReport(len(geometries), len(jobs), time.perf_counter() - start, failures)
 
 
 # ---------------------------------------------------------------- command line
@@ -78,20 +84,22 @@ def add_arguments(parser):
 def run(args) -> int:
     from .gpu_inspect import ARCHES, DTYPES, check_triton_version, specialisations, stderr_progress
     check_triton_version()
+    sms = None  # --arch: the arch's usual card
     if args.arch is not None:
         arch = ARCHES[args.arch]
     elif torch.cuda.is_available():
         major, minor = torch.cuda.get_device_capability()
-        arch = major * 10 + minor
+        arch, sms = major * 10 + minor, sm_count(torch.device("cuda"))
     else:
         print("fusedres warmup: no CUDA device here; name a target with --arch "
               "(the CPU path compiles nothing)", file=sys.stderr)
         return 2
-    specs = trace.unique([spec for model in args.model for batch in args.batch
-                          for spec in specialisations(model, DTYPES[args.dtype], batch, args.size)])
+    geometries = trace.unique([geometry for model in args.model for batch in args.batch
+                               for geometry in specialisations(model, DTYPES[args.dtype], batch,
+                                                               args.size)])
     names = " ".join(args.model)
-    report = compile_specs(specs, arch, workers=args.jobs,
-                           progress=stderr_progress(f"warmup {names}"))
+    report = compile_geometries(geometries, arch, sms=sms, workers=args.jobs,
+                                progress=stderr_progress(f"warmup {names}"))
     tuning = "every autotune candidate" if autotune.enabled() else "default configs only"
     print(f"fusedres warmup {names} {args.dtype} batch {' '.join(map(str, args.batch))} "
           f"sm_{arch}: {report.describe()} ({tuning})")

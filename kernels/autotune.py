@@ -38,22 +38,6 @@ def cache_folder() -> str:
     return os.path.join(root, "fusedres-autotune")
 
 
-def describe(config: triton.Config) -> str:
-    """``128x64x32 w4 s4`` for a config with BLOCK_M/N/K, then any other constexpr it sets
-    (``LEAN_K=False``)."""
-    kw = dict(config.kwargs)
-    text = (f"{kw.pop('BLOCK_M')}x{kw.pop('BLOCK_N')}x{kw.pop('BLOCK_K')} "
-            f"w{config.num_warps} s{config.num_stages}")
-    return " ".join([text, *(f"{name}={value}" for name, value in sorted(kw.items()))])
-
-
-def launch_options(config: triton.Config) -> dict:
-    """The keyword arguments a JIT launch with ``config`` passes: the tile sizes, warps and
-    stages.  Every launch and every ahead-of-time compile passes exactly these, so both
-    produce the same JIT cache key."""
-    return {**config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages}
-
-
 def benchmark(run) -> float:
     """Median milliseconds of ``run()`` on the current GPU.  Short: candidates that differ by
     less than the noise of a 20 ms measurement are equally good choices."""
@@ -63,17 +47,22 @@ def benchmark(run) -> float:
 class Tuner:
     """Picks and remembers the fastest config per key for one kernel.
 
-    ``source_file`` is the kernel's module: any edit to it invalidates every stored choice.
+    Configs are anything with a ``describe()`` naming them uniquely (what is stored).
+    ``source_files`` are the kernel's sources: any edit to them invalidates every stored
+    choice.
     """
 
-    def __init__(self, name: str, source_file: str):
+    def __init__(self, name: str, source_files):
         self.name = name
-        with open(source_file, "rb") as file:
-            self._source_hash = hashlib.sha256(file.read()).hexdigest()
+        digest = hashlib.sha256()
+        for path in source_files:
+            with open(path, "rb") as file:
+                digest.update(file.read())
+        self._source_hash = digest.hexdigest()
         self._chosen = {}  # (device, key) -> config; read without the lock (atomic dict reads)
         self._lock = threading.Lock()
 
-    def pick(self, key, configs, run, device) -> triton.Config:
+    def pick(self, key, configs, run, device):
         """The fastest of ``configs`` for ``key``: from memory, else from disk, else measured
         by calling ``run(config)`` for each (through ``benchmark``) and stored."""
         # The device itself, not its name: this runs on every launch, and the name (a driver
@@ -108,7 +97,7 @@ class Tuner:
 
     def _path(self, key, configs, device) -> str:
         identity = repr((self.name, self._source_hash, _device_name(device), triton.__version__,
-                         torch.__version__, key, [describe(c) for c in configs]))
+                         torch.__version__, key, [c.describe() for c in configs]))
         digest = hashlib.sha256(identity.encode()).hexdigest()
         return os.path.join(cache_folder(), f"{self.name}-{digest}.json")
 
@@ -119,13 +108,13 @@ class Tuner:
                 winner = json.load(file)["config"]
         except (OSError, ValueError, KeyError, TypeError):
             return None
-        return next((c for c in configs if describe(c) == winner), None)
+        return next((c for c in configs if c.describe() == winner), None)
 
     @staticmethod
     def _store(path, key, config, configs, timings):
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        record = {"key": repr(key), "config": describe(config),
-                  "timings_ms": {describe(c): t for c, t in zip(configs, timings)}}
+        record = {"key": repr(key), "config": config.describe(),
+                  "timings_ms": {c.describe(): t for c, t in zip(configs, timings)}}
         temp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
         with open(temp, "w") as file:
             json.dump(record, file)

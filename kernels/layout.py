@@ -1,5 +1,6 @@
-"""The packed weight layout that conv_bn_act's K loop reads."""
+"""The packed weight layout that conv_bn_act's K walks read, and the stem's channel padding."""
 import torch
+import torch.nn.functional as F
 
 
 def pack_weight(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -15,3 +16,14 @@ def pack_weight(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
                          f"got shape {tuple(weight.shape)}")
     c_out = weight.shape[0]
     return weight.permute(2, 3, 1, 0).reshape(-1, c_out).to(dtype).contiguous()
+
+
+def pad_channels(x: torch.Tensor, weight: torch.Tensor, pad_c: int, taps: int):
+    """``x`` ([N, C, H, W], any memory format) as a channels_last [N, pad_c, H, W] tensor with
+    zero channels after the first C, in one copy; the packed weight [taps*C, C_out] as
+    [taps*pad_c, C_out] with zero rows for those channels.  (The stem's strip walk loads a
+    4-channel pixel as one 8-byte vector.)"""
+    c = x.shape[1]
+    xp = F.pad(x.permute(0, 2, 3, 1), (0, pad_c - c)).permute(0, 3, 1, 2)
+    wp = F.pad(weight.view(taps, c, -1), (0, 0, 0, pad_c - c)).view(taps * pad_c, -1)
+    return xp, wp

@@ -10,8 +10,8 @@ import json
 import pytest
 import torch
 
-from fusedres import aot, cli, gpu_inspect, trace
-from fusedres.kernels import cudnn_allows_tf32, fused_conv
+from fusedres import aot, cli, gpu_inspect
+from fusedres.kernels import ConvConfig, ConvGeometry, cudnn_allows_tf32
 
 MODELS = ("resnet18", "resnet50")
 DTYPES = ("float16", "float32")
@@ -24,7 +24,7 @@ CASES = [(model, dtype, arch) for model in MODELS for dtype in DTYPES for arch i
 
 # Far too big for 4 warps: a 256x128 fp32 accumulator alone is 256 registers per thread, and
 # two staged fp32 256x64 + 64x128 tiles need 192 KB of shared memory (sm_80 has 163 KB).
-BAD_CONFIG = gpu_inspect.TileConfig(256, 128, 64, num_warps=4, num_stages=3)
+BAD_CONFIG = ConvConfig(256, 128, 64, num_warps=4, num_stages=3)
 
 
 def _parse(*argv):
@@ -33,9 +33,9 @@ def _parse(*argv):
     return parser.parse_args(argv)
 
 
-def _a_3x3_spec(dtype):
-    return next(spec for spec in gpu_inspect.specialisations("resnet18", dtype)
-                if spec.kernel_size == (3, 3))
+def _a_3x3_geometry(dtype):
+    return next(geometry for geometry in gpu_inspect.specialisations("resnet18", dtype)
+                if geometry.kernel_size == (3, 3))
 
 
 @pytest.fixture(scope="session")
@@ -43,10 +43,10 @@ def compiled_cases():
     """Compile every case's specialisations in one parallel pass: the cases share most of
     their kernels, and the tests below then read the result cache."""
     allow_tf32 = cudnn_allows_tf32()
-    jobs = [gpu_inspect.Job(spec, config, gpu_inspect.ARCHES[arch], allow_tf32)
+    jobs = [gpu_inspect.Job(geometry, config, gpu_inspect.ARCHES[arch], allow_tf32)
             for model, dtype, arch in CASES
-            for spec in gpu_inspect.specialisations(model, gpu_inspect.DTYPES[dtype])
-            for config in gpu_inspect.candidate_configs(spec, gpu_inspect.ARCHES[arch])]
+            for geometry in gpu_inspect.specialisations(model, gpu_inspect.DTYPES[dtype])
+            for config in gpu_inspect.candidate_configs(geometry, gpu_inspect.ARCHES[arch])]
     gpu_inspect.compile_jobs(jobs)
 
 
@@ -62,13 +62,13 @@ def test_rows_carry_registers_and_tensor_cores(compiled_cases, model, dtype, arc
     allow_tf32 = cudnn_allows_tf32()
     rows = gpu_inspect.inspect_model(model, gpu_inspect.DTYPES[dtype], gpu_inspect.ARCHES[arch],
                                      allow_tf32=allow_tf32)
-    assert len({row.spec for row in rows}) >= 5
+    assert len({row.geometry for row in rows}) >= 5
     for row in rows:
         assert row.result.error is None
         assert 0 < row.result.registers <= 255
         assert row.result.stack_bytes == 0
         assert 0 < row.result.shared_bytes <= gpu_inspect.SHARED_LIMIT[row.arch]
-        if gpu_inspect.uses_tensor_cores(row.spec, allow_tf32):
+        if gpu_inspect.uses_tensor_cores(row.geometry, allow_tf32):
             assert row.result.tensor_core in gpu_inspect.TENSOR_CORE_OPS
         assert gpu_inspect.row_problems(row, allow_tf32) == []
 
@@ -81,20 +81,20 @@ def test_fp16_on_sm_90_uses_wgmma(compiled_cases):
 
 
 def test_a_spilling_config_is_reported(monkeypatch, capsys):
-    spec = _a_3x3_spec(torch.float32)
-    result = gpu_inspect.compile_one(spec, BAD_CONFIG, 80, allow_tf32=True)
+    geometry = _a_3x3_geometry(torch.float32)
+    result = gpu_inspect.compile_one(geometry, BAD_CONFIG, 80, allow_tf32=True)
     problems = gpu_inspect.check(result, 80)
     assert result.stack_bytes > 0
     assert any(p.startswith("spills") for p in problems)
     assert any(p.startswith("shared memory") for p in problems)
 
-    monkeypatch.setattr(gpu_inspect, "specialisations", lambda *args: [spec])
-    monkeypatch.setattr(gpu_inspect, "candidate_configs", lambda spec, arch=None: [BAD_CONFIG])
+    monkeypatch.setattr(gpu_inspect, "specialisations", lambda *args: [geometry])
+    monkeypatch.setattr(gpu_inspect, "candidate_configs", lambda geometry, arch=None: [BAD_CONFIG])
     assert gpu_inspect.run(_parse("--model", "resnet18", "--dtype", "float32",
                                   "--arch", "sm_80")) == 1
     out = capsys.readouterr().out
     assert "1 failed" in out
-    assert f"FAIL {spec.describe()} [{BAD_CONFIG.describe()}]: spills" in out
+    assert f"FAIL {geometry.describe()} [{BAD_CONFIG.describe()}]: spills" in out
 
 
 @pytest.mark.parametrize("result,expected", [
@@ -113,16 +113,15 @@ def test_ieee_fp32_needs_no_tensor_cores():
     # What inspect decides for a row, not what the test tells it: an fp32 row without a
     # tensor-core instruction is clean without TF32 and a failure with it.
     result = gpu_inspect.CompileResult(registers=96, stack_bytes=0, shared_bytes=65536)
-    spec = _a_3x3_spec(torch.float32)
-    row = gpu_inspect.Row(spec, gpu_inspect.candidate_configs(spec)[0], 90, result)
+    geometry = _a_3x3_geometry(torch.float32)
+    row = gpu_inspect.Row(geometry, gpu_inspect.candidate_configs(geometry)[0], 90, result)
     assert gpu_inspect.row_problems(row, allow_tf32=False) == []
     assert gpu_inspect.row_problems(row, allow_tf32=True)[0].startswith("no tensor-core")
 
 
 def test_scalars_match_the_launcher():
-    spec = _a_3x3_spec(torch.bfloat16)
-    ints, constexprs = fused_conv.launch_scalars(**spec._asdict(), allow_tf32=True,
-                                                 interpreted=False)
+    geometry = _a_3x3_geometry(torch.bfloat16)
+    ints, constexprs = geometry.scalars(allow_tf32=True, interpreted=False)
     assert ints["M"] == 256 * 56 * 56 and constexprs["C_in"] == 64
     assert constexprs["DOT_PRECISION"] == "ieee" and constexprs["UPCAST_DOT"] is False
     assert (constexprs["KH"], constexprs["GATHER_K"]) == (3, False)
@@ -134,9 +133,9 @@ def test_warmup_cli_compiles_every_candidate(compiled_cases, capsys):
     # Same kernels as the inspect cases: Triton's cache serves them, so this takes seconds.
     assert cli.main(["warmup", "--model", "resnet18", "--dtype", "float16",
                      "--arch", "sm_90"]) == 0
-    specs = gpu_inspect.specialisations("resnet18", torch.float16)
-    geometries = len(specs)
-    compiles = sum(len(gpu_inspect.candidate_configs(spec, 90)) for spec in specs)
+    geometries = gpu_inspect.specialisations("resnet18", torch.float16)
+    geometries = len(geometries)
+    compiles = sum(len(gpu_inspect.candidate_configs(geometry, 90)) for geometry in geometries)
     assert f"compiled {compiles} kernels for {geometries} geometries" in capsys.readouterr().out
 
 
@@ -144,19 +143,19 @@ def test_warmup_cli_compiles_every_candidate(compiled_cases, capsys):
 def test_patch_tiles_of_narrow_images_compile_to_wgmma(width):
     # Patches narrower than a TMA swizzle row (PATCH_W 1-4 pixels): still wgmma, TMA, no
     # spills, on both patch tiles.
-    spec = trace.LaunchSpec(batch=2, c_in=128, height=5, width=width, c_out=128,
+    geometry = ConvGeometry(batch=2, c_in=128, height=5, width=width, c_out=128,
                             kernel_size=(3, 3), stride=1, padding=1, dilation=1, groups=1,
                             relu=True, residual=True, shortcut=None, dtype=torch.float16)
-    patches = [c for c in aot.candidate_configs(spec, autotuning=True, arch=90) if c.patch_w]
+    patches = [c for c in aot.candidate_configs(geometry, autotuning=True, arch=90) if c.patch_w]
     assert [c.patch_w for c in patches] == [width, width]
     for config in patches:
-        result = gpu_inspect.compile_one(spec, config, 90, allow_tf32=False)
+        result = gpu_inspect.compile_one(geometry, config, 90, allow_tf32=False)
         assert gpu_inspect.check(result, 90) == [] and result.tma, (config, result)
 
 
 def test_a_config_that_cannot_compile_is_reported():
     # tl.dot needs K tiles of at least 16.
-    result = gpu_inspect.compile_one(_a_3x3_spec(torch.float16), gpu_inspect.TileConfig(
+    result = gpu_inspect.compile_one(_a_3x3_geometry(torch.float16), ConvConfig(
         64, 64, 8, num_warps=4, num_stages=2), 90, allow_tf32=True)
     assert result.error is not None
     assert gpu_inspect.check(result, 90)[0].startswith("compile failed")
@@ -202,18 +201,18 @@ def test_one_full_wait_between_two_unrolled_k_walks_is_not_serialisation():
 
 
 def test_the_best_candidate_prefers_overlapping_mma_groups():
-    spec = _a_3x3_spec(torch.float16)
+    geometry = _a_3x3_geometry(torch.float16)
 
     def row(block_k, loop, serialised):
         result = aot.CompileResult(registers=96, stack_bytes=0, shared_bytes=0,
                                    tensor_core="wgmma", loop_instructions=loop, mma_per_step=4,
                                    serialised_mma=serialised, tma=False)
-        return gpu_inspect.Row(spec, gpu_inspect.TileConfig(128, 128, block_k, 8, 3), 90, result)
+        return gpu_inspect.Row(geometry, ConvConfig(128, 128, block_k, 8, 3), 90, result)
 
     lowest_but_serialised, overlapping, worse = row(64, 50, True), row(32, 60, False), row(32, 90, False)
     best = gpu_inspect.best_per_geometry([lowest_but_serialised, overlapping, worse], True)
-    assert best == {spec: overlapping}
-    assert gpu_inspect.best_per_geometry([lowest_but_serialised], True) == {spec: lowest_but_serialised}
+    assert best == {geometry: overlapping}
+    assert gpu_inspect.best_per_geometry([lowest_but_serialised], True) == {geometry: lowest_but_serialised}
 
 
 def test_json_rows_carry_the_cost_model(compiled_cases, tmp_path, capsys):
@@ -248,3 +247,14 @@ def test_filters_select_rows(capsys):
     assert "1 specialisations x configs (1 geometries), 0 failed" in out
     assert gpu_inspect.run(_parse("--model", "resnet50", "--dtype", "float16", "--arch", "sm_90",
                                   "--geometry", "no such layer")) == 2
+
+
+@pytest.mark.parametrize("version,ok", [("3.6.0", True), ("3.8.0", True), ("3.5.1", False),
+                                        ("3.9.0", False)])
+def test_inspect_names_the_tested_triton_range(version, ok):
+    from fusedres.gpu_inspect import check_triton_version
+    if ok:
+        check_triton_version(version)
+    else:
+        with pytest.raises(RuntimeError, match="tested with Triton 3.6 to 3.8"):
+            check_triton_version(version)

@@ -1,5 +1,6 @@
-"""timm's ResNet family: fused models against timm's eager models, the pooled shortcut and
-the scale-add-activation kernel against float64, timm's API, and what is refused."""
+"""timm's ResNet family: fused models against timm's eager models, the pooled shortcut as
+traced, compiled and run through the custom operator, timm's API, and what is refused.  (The
+pooled shortcut's and the scale-add kernel's numerics: tests/kernels/.)"""
 import copy
 import os
 import re
@@ -16,7 +17,7 @@ from torch import nn
 
 import fusedres
 from fusedres import folding, timm_resnet, trace
-from fusedres.kernels import conv_bn_act, fused_conv, pack_weight, scale_add_act
+from fusedres.kernels import ConvConfig, pack_weight
 
 from .conftest import DEVICE, TF32
 from .numerics import (MODEL_HALF_TOL, assert_close_to_reference, model_tol, randomize_bn,
@@ -188,104 +189,16 @@ def test_fuse_inplace_and_again():
     assert type(fusedres.fuse(fused)) is timm_resnet.FusedTimmResNet
 
 
-# ---------------------------------------------------------------- the kernels
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("hs,ws", [(5, 7), (4, 5), (6, 4), (1, 1)])
-def test_pooled_shortcut_matches_float64(hs, ws, dtype):
-    """ResNet-D's AvgPool2d(2, 2, ceil_mode=True, count_include_pad=False) + 1x1 in the
-    kernel's shortcut: odd sizes have border windows of 1 and 2 pixels."""
-    _check_pooled_shortcut(hs, ws, dtype)
-
-
-def test_pooled_shortcut_with_split_k(monkeypatch):
-    if not fused_conv.INTERPRETED:
-        pytest.skip("forces split-K through the interpreter's config (tests/test_kernel.py "
-                    "splits on a GPU)")
-    # BLOCK_K=16: 2 main steps and 3 shortcut steps in 3 slices, one of them across both.
-    monkeypatch.setattr(fused_conv, "INTERPRETER_SPLIT_K", 3)
-    epilogues = []
-    monkeypatch.setattr(fused_conv, "_split_k_epilogue",
-                        lambda *args, real=fused_conv._split_k_epilogue:
-                        epilogues.append(1) or real(*args))
-    _check_pooled_shortcut(5, 7, torch.float32)
-    assert epilogues == [1]
-
-
-def test_pooled_shortcut_with_tma_patch_tiles(monkeypatch):
-    """ResNet-D BasicBlock's second convolution (3x3/s1, resnet18d/34d) takes TMA patch tiles
-    on sm_90: the pooled shortcut's windows follow each patch's pixels."""
-    if DEVICE.type == "cuda":
-        if torch.cuda.get_device_capability()[0] < 9:
-            pytest.skip("TMA needs sm_90")
-        monkeypatch.setattr(fused_conv, "choose_config",
-                            lambda ints, consts, dtype, *_: fused_conv.tma_candidates(consts, 2)[0])
-    monkeypatch.setattr(fused_conv, "INTERPRETER_TMA", True)
-    patches = []
-    launch = fused_conv.conv_bn_act_kernel
-
-    class Recording:
-        def __getitem__(self, grid):
-            return lambda *args, **kw: (patches.append(kw.get("PATCH_W", 0)),
-                                        launch[grid](*args, **kw))[1]
-
-    monkeypatch.setattr(fused_conv, "conv_bn_act_kernel", Recording())
-    n, c, c_s, hs, ws = 2, 64, 32, 9, 7
-    oh, ow = -(-hs // 2), -(-ws // 2)
-    x = torch.randn(n, c, oh, ow, device=DEVICE).half()
-    w = (torch.randn(c, c, 3, 3, device=DEVICE) / 24).half()
-    bias = torch.randn(c, device=DEVICE)
-    xs = torch.randn(n, c_s, hs, ws, device=DEVICE).half()
-    w_s = (torch.randn(c, c_s, 1, 1, device=DEVICE) / c_s ** 0.5).half()
-    d = torch.float64
-    pooled = F.avg_pool2d(xs.to(d), 2, 2, ceil_mode=True, count_include_pad=False)
-    ref = (F.conv2d(x.to(d), w.to(d), bias.to(d), padding=1) + F.conv2d(pooled, w_s.to(d))).relu()
-    out = conv_bn_act(x, pack_weight(w, torch.float16), bias, kernel_size=3, padding=1,
-                      shortcut=(xs, pack_weight(w_s, torch.float16), 2), shortcut_pool=True,
-                      out=torch.full_like(ref, float("nan"), dtype=torch.float16,
-                                          memory_format=torch.channels_last))
-    assert len(patches) == 1 and patches[0] > 0
-    assert_close_to_reference(out, ref, rel_tol(torch.float16), "pooled shortcut, patch tiles")
-
-
-def _check_pooled_shortcut(hs, ws, dtype):
-    n, c_in, c_out, c_s = 2, 32, 64, 48
-    oh, ow = -(-hs // 2), -(-ws // 2)
-    x = torch.randn(n, c_in, oh, ow, device=DEVICE).to(dtype)
-    w = (torch.randn(c_out, c_in, 1, 1, device=DEVICE) / c_in ** 0.5).to(dtype)
-    bias = torch.randn(c_out, device=DEVICE)
-    xs = torch.randn(n, c_s, hs, ws, device=DEVICE).to(dtype)
-    w_s = (torch.randn(c_out, c_s, 1, 1, device=DEVICE) / c_s ** 0.5).to(dtype)
-    d = torch.float64
-    pooled = F.avg_pool2d(xs.to(d), 2, 2, ceil_mode=True, count_include_pad=False)
-    ref = (F.conv2d(x.to(d), w.to(d), bias.to(d)) + F.conv2d(pooled, w_s.to(d))).relu()
-    out = conv_bn_act(x, pack_weight(w, dtype), bias, kernel_size=1, relu=True,
-                      shortcut=(xs, pack_weight(w_s, dtype), 2), shortcut_pool=True,
-                      out=torch.full_like(ref, float("nan"), dtype=dtype,
-                                          memory_format=torch.channels_last))
-    assert_close_to_reference(out, ref, rel_tol(dtype), f"pooled shortcut {hs}x{ws} {dtype}")
-
-
-@pytest.mark.parametrize("xs_size,stride,match", [
-    ((5, 5), 1, "averages 2x2 windows at stride 2"),
-    ((7, 5), 2, r"\(2x2 average pool\) does not produce"),
-], ids=["stride", "size"])
-def test_pooled_shortcut_rejects_mismatched_geometry(xs_size, stride, match):
-    x = torch.randn(1, 16, 3, 3, device=DEVICE)
-    w = pack_weight(torch.randn(16, 16, 1, 1), torch.float32).to(DEVICE)
-    xs = torch.randn(1, 16, *xs_size, device=DEVICE)
-    with pytest.raises(ValueError, match=match):
-        conv_bn_act(x, w, torch.zeros(16, device=DEVICE), kernel_size=1,
-                    shortcut=(xs, w, stride), shortcut_pool=True)
-
+# ---------------------------------------------------------------- the pooled shortcut: trace, inspect, custom op
 
 def test_traced_launches_record_the_pooled_shortcut():
     """What inspect / warmup compile: the pooled shortcut is its own specialisation."""
     with torch.device("meta"):
         fused = fusedres.fuse(timm.create_model("resnet50d"), inplace=True)
     specs = trace.trace_launches(fused, batch=2, size=(33, 35), dtype=torch.float16)
-    pooled = [spec for spec in specs if spec.shortcut_pool]
-    assert [spec.shortcut[1:] for spec in pooled] == [(9, 9, 2), (5, 5, 2), (3, 3, 2)]
+    pooled = [spec for spec in specs if spec.shortcut is not None and spec.shortcut.pool]
+    assert [spec.shortcut[1:] for spec in pooled] == [(9, 9, 2, True), (5, 5, 2, True),
+                                                      (3, 3, 2, True)]
     assert all("+shortcut(avg2x2 " in spec.describe() for spec in pooled)
 
 
@@ -295,8 +208,8 @@ def test_pooled_shortcut_compiles_within_sm80_shared_memory():
     cached next to Triton's cache like ``fusedres inspect``'s)."""
     from fusedres import gpu_inspect
     spec = [s for s in gpu_inspect.specialisations("timm:resnet50d", torch.float16, 256)
-            if s.shortcut_pool][-1]
-    config = gpu_inspect.TileConfig(128, 128, 64, num_warps=8, num_stages=3)
+            if s.shortcut is not None and s.shortcut.pool][-1]
+    config = ConvConfig(128, 128, 64, num_warps=8, num_stages=3)
     assert config in gpu_inspect.candidate_configs(spec)
     result = gpu_inspect.compile_one(spec, config, gpu_inspect.ARCHES["sm_80"], allow_tf32=True)
     assert gpu_inspect.check(result, gpu_inspect.ARCHES["sm_80"]) == []
@@ -322,30 +235,6 @@ def test_custom_operator_runs_the_pooled_shortcut():
         fake = torch.ops.fusedres.fused_launch(
             *[mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args])
     assert (fake.shape, fake.stride()) == (real.shape, real.stride())
-
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_scale_add_act_matches_float64_and_keeps_nan(dtype):
-    y = torch.randn(2, 24, 5, 3, device=DEVICE).to(dtype)
-    y = y.contiguous(memory_format=torch.channels_last)
-    gate = torch.rand(2, 24, 1, 1, device=DEVICE).to(dtype)
-    residual = torch.randn(2, 24, 5, 3, device=DEVICE).to(dtype)  # NCHW: made channels_last
-    y[1, 7, 4, 2] = float("nan")
-    out = scale_add_act(y, gate, residual)
-    assert out.dtype == dtype and out.is_contiguous(memory_format=torch.channels_last)
-    assert torch.isnan(out[1, 7, 4, 2]) and torch.isnan(out).sum() == 1
-    d = torch.float64
-    ref = (y.to(d) * gate.to(d) + residual.to(d)).relu()
-    keep = ~torch.isnan(ref)
-    assert_close_to_reference(out[keep], ref[keep], rel_tol(dtype), f"scale_add_act {dtype}")
-    linear = scale_add_act(y, gate, residual, relu=False)
-    assert (linear < 0).any()
-
-
-def test_scale_add_act_rejects_bad_gate():
-    y = torch.randn(1, 8, 3, 3, device=DEVICE)
-    with pytest.raises(ValueError, match="gate must have shape"):
-        scale_add_act(y, torch.rand(1, 4, 1, 1, device=DEVICE), y)
 
 
 @pytest.mark.parametrize("module", [
@@ -415,7 +304,7 @@ def test_command_line_model_names(monkeypatch):
     with pytest.raises(argparse.ArgumentTypeError, match="timm has no model named 'resnet9x'"):
         model_names.argument("timm:resnet9x")
     specs = gpu_inspect.specialisations("timm:resnet18d", torch.float16, batch=1, size=(64, 64))
-    assert sum(spec.shortcut_pool for spec in specs) == 3
+    assert sum(spec.shortcut is not None and spec.shortcut.pool for spec in specs) == 3
     monkeypatch.setitem(sys.modules, "timm", None)  # as if not installed
     with pytest.raises(argparse.ArgumentTypeError, match=r"pip install 'fusedres\[timm\]'"):
         model_names.argument("timm:resnet18d")

@@ -1,0 +1,17 @@
+"""The fused convolution: ``act(conv(x) [+ shortcut] + bias [+ residual])`` in one kernel.
+
+    geometry.py      ConvGeometry: one launch's shapes, options and dtype; its kernel scalars
+    configs.py       ConvConfig, the tile tables and the candidate policy
+    launcher.py      conv_bn_act: checks, config choice, launch (and split-K's second kernel)
+    kernel.py        the entry JIT kernel: tile mapping, K range, walks, epilogue
+    walk_*.py        its K walks, @triton.jit helpers Triton inlines
+    dot.py           the tile product the walks accumulate with
+    epilogue.py      bias, residual, ReLU and the store
+    split_k.py       split-K's reduction + epilogue kernel
+"""
+from .configs import ConvConfig
+from .geometry import ConvGeometry, Shortcut, conv_output_size
+from .launcher import Launch, conv_bn_act, record_launches
+
+__all__ = ["ConvConfig", "ConvGeometry", "Launch", "Shortcut", "conv_bn_act",
+           "conv_output_size", "record_launches"]

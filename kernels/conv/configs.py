@@ -1,0 +1,333 @@
+"""The conv kernel's configs: the one config type, the tile tables, and which configs the
+tuner times for a launch (the candidate policy).
+
+Every candidate is a compile on a launch's first call, so a launch gets at most
+``MAX_CANDIDATES``; what drove each table and rule is measured in docs/inspect.md and
+docs/benchmarks.md.
+"""
+from typing import NamedTuple
+
+import triton
+
+from .geometry import GATHER_K_BELOW
+
+
+class ConvConfig(NamedTuple):
+    """One way to run the kernel: the tile, warps and stages, and the variant flags.
+
+    ``recompute_taps``: the tap-major pointer walk recomputes coordinates, bounds and offsets
+    every step instead of hoisting per-tap scalar offsets (an autotune candidate for padded
+    convolutions).  ``split_k``: K slices per tile (1: none).  ``tma``: tiles loaded through
+    TMA descriptors (sm_90).  ``strip``: the stem's K walk as filter-row strips.
+    ``swap_ab``: the transposed tile (output channels as the MMA's M).  ``patch_w``: an M
+    tile is a patch of output rows this many pixels wide (0: a run of pixels).  ``pad_c``: a
+    launcher option, not a kernel constexpr: the launcher pads the input's channels to this
+    many first (0: not).
+    """
+    block_m: int
+    block_n: int
+    block_k: int
+    num_warps: int
+    num_stages: int
+    recompute_taps: bool = False
+    split_k: int = 1
+    tma: bool = False
+    strip: bool = False
+    swap_ab: bool = False
+    patch_w: int = 0
+    pad_c: int = 0
+
+    @property
+    def tile(self):
+        return self.block_m, self.block_n, self.block_k
+
+    def constexprs(self) -> dict:
+        """The kernel's constexprs for this config (``pad_c`` is the launcher's)."""
+        return dict(BLOCK_M=self.block_m, BLOCK_N=self.block_n, BLOCK_K=self.block_k,
+                    RECOMPUTE_TAPS=self.recompute_taps, SPLIT_K=self.split_k, USE_TMA=self.tma,
+                    STRIP_K=self.strip, SWAP_AB=self.swap_ab, PATCH_W=self.patch_w)
+
+    def launch_options(self) -> dict:
+        """The keyword arguments of a JIT launch with this config.  Every launch and every
+        ahead-of-time compile passes exactly these, so both produce the same JIT cache key."""
+        return {**self.constexprs(), "num_warps": self.num_warps,
+                "num_stages": self.num_stages}
+
+    def variant(self) -> str:
+        """The K walk and options in words: ``taps``, ``taps-recomputed split-k 4``,
+        ``tma patch 8 swap-ab``, ``strip pad-c 4``, ..."""
+        words = ["taps-recomputed" if self.recompute_taps else "taps"]
+        if self.strip:
+            words = ["strip"]
+        if self.split_k > 1:
+            words.append(f"split-k {self.split_k}")
+        if self.tma:
+            words.append("tma")
+        if self.patch_w:
+            words.append(f"patch {self.patch_w}")
+        if self.swap_ab:
+            words.append("swap-ab")
+        if self.pad_c:
+            words.append(f"pad-c {self.pad_c}")
+        return " ".join(words)
+
+    def describe(self) -> str:
+        """``128x64x32 w4 s4 taps``: the tile, warps, stages and the variant; what the tuner
+        stores and the reports print."""
+        m, n, k = self.tile
+        return f"{m}x{n}x{k} w{self.num_warps} s{self.num_stages} {self.variant()}"
+
+
+def _tiles(*rows):
+    return [ConvConfig(*row) for row in rows]
+
+
+# Curated GPU tiles (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages), one list per activation
+# element size.  Rules (docs/inspect.md has the measurements): 128x128 tiles hold 128
+# accumulator registers per thread at 4 warps and spill, so they get 8 warps; 128x64 on 4
+# warps takes BLOCK_K=32 only (64 spills on grouped 3x3 convolutions); 64x64x64 runs 3 stages
+# (4 spilled on sm_80).  fp32 takes BLOCK_K=32 throughout, the same bytes per K step as the
+# 2-byte list (64 needs up to 144 KB of shared memory); its 128x64 tile on 8 warps runs 3
+# stages (4 spilled on sm_80 with a fused shortcut).  All are checked with int32 offsets; a
+# launch past 2**31 elements compiles the int64 variant of the same tiles, which may spill.
+HALF_TILES = _tiles((128, 128, 64, 8, 3), (128, 64, 32, 4, 4), (64, 128, 64, 4, 4),
+                    (64, 64, 64, 4, 3), (128, 128, 32, 8, 4), (64, 32, 32, 2, 4))
+FLOAT_TILES = _tiles((128, 128, 32, 8, 3), (128, 64, 32, 8, 3), (64, 128, 32, 4, 4),
+                     (64, 64, 32, 4, 4), (64, 32, 32, 2, 4))
+
+
+def tiles_for(element_size):
+    """The tile list for activations of ``element_size`` bytes."""
+    return FLOAT_TILES if element_size == 4 else HALF_TILES
+
+
+# The tuner times at most this many candidates per launch.
+MAX_CANDIDATES = 8
+
+# The wide tiles, which also get the recomputed-offsets walk on padded convolutions: they won
+# the padded 3x3 layers at large batches on an H200; on sm_90 the other tiles with that walk
+# issue more than 2 warp-instructions per 1,000 FMA.
+_RECOMPUTED_TILES = {2: ((128, 128, 64), (64, 128, 64)), 4: ((128, 128, 32), (64, 128, 32))}
+# The stem's gathered walk on sm_90 keeps only the tile that won it on an H200 (the strip
+# walk issues half the instructions; this stays the fallback until a GPU run times strips).
+_PROVEN_GATHERED_TILE = (128, 128, 32)
+# A tile count that fills an H100/H200 about twice: below it, smaller tiles win by giving
+# every SM work.
+_FULL_GRID = 256
+# SMs of the usual card of each architecture, for candidate lists built without a device
+# (``fusedres inspect``/``warmup --arch``); a launch uses its device's own count.
+TYPICAL_SMS = {80: 108, 90: 132}
+
+
+def _size(element_size):
+    return 4 if element_size == 4 else 2
+
+
+def _recomputed(size):
+    return [c._replace(recompute_taps=True) for c in tiles_for(size)
+            if c.tile in _RECOMPUTED_TILES[size]]
+
+
+def uses_recomputed(consts):
+    """Padded tap-major convolutions (3x3, 7x7 with many channels): where the hoisted walk
+    did not beat the recomputed one on an H200."""
+    return consts["PAD"] > 0 and not consts["GATHER_K"]
+
+
+def candidates(consts, element_size, m=None, arch=None, sms=None):
+    """Every config the tuner times for a launch, at most MAX_CANDIDATES:
+
+    * each tile with the hoisted tap walk;
+    * padded tap-major convolutions: the wide tiles with the recomputed walk too, unless the
+      grid leaves SMs idle (``m`` given and split-K applies), where split-K takes their place;
+    * when ``m`` (the launch's M) leaves the GPU's ``sms`` idle, the small tiles with
+      split-K (``sms`` defaults to the arch's usual card, ``TYPICAL_SMS``);
+    * the stem: its strip walks (over the input padded to 4 channels where it is RGB).
+    On ``arch`` 90 and newer only what issues at most about 2 warp-instructions per 1,000 FMA
+    there, on wgmma: no tile of fewer than 4 warps (it compiles to Ampere's HMMA), no 64x64
+    tile on padded convolutions nor where TMA patch tiles take its place, of the stem's
+    gathered walk only the proven tile; and the TMA tiles (``tma_candidates``).
+    """
+    size = _size(element_size)
+    hopper = arch is not None and arch >= 90
+    if sms is None:
+        sms = TYPICAL_SMS.get(arch, TYPICAL_SMS[90])
+    split = split_k_candidates(m, consts, size, sms) if m is not None else []
+    listed = tiles_for(size) + (_recomputed(size) if uses_recomputed(consts) and not split
+                                else [])
+    listed += split
+    strips = strip_candidates(consts)
+    if hopper:
+        tma = tma_candidates(consts, size)
+        patches = any(c.patch_w for c in tma)
+        listed = [c for c in listed if c.num_warps >= 4
+                  and not ((uses_recomputed(consts) or patches) and c.tile[:2] == (64, 64))
+                  and not (strips and c.tile != _PROVEN_GATHERED_TILE)]
+        listed += tma
+    return listed + strips
+
+
+def default_config(m, consts, element_size):
+    """The config used without autotuning (FUSEDRES_AUTOTUNE=0): the widest tile whose grid
+    still fills the GPU, a narrower one for 64-channel layers, 64x64 for small grids; the
+    recomputed walk for padded convolutions where that tile has it (the wide ones), the
+    hoisted one otherwise.  Always one of ``candidates`` (on a target that lists the tile)."""
+    size = _size(element_size)
+    configs = (_recomputed(size) if uses_recomputed(consts) else []) + tiles_for(size)
+    cout_g = consts["C_out"] // consts["GROUPS"]
+    by_tile = {}
+    for c in configs:  # the first listed config of each tile shape
+        by_tile.setdefault(c.tile[:2], c)
+    if cout_g >= 128 and triton.cdiv(m, 128) * triton.cdiv(cout_g, 128) >= _FULL_GRID:
+        return by_tile[128, 128]
+    if cout_g <= 64 and triton.cdiv(m, 128) >= _FULL_GRID:
+        return by_tile[128, 64]
+    return by_tile[64, 64]
+
+
+def interpreter_config(m, consts):
+    """The config under Triton's interpreter: few, large programs (it pays per program and
+    per loop step, not per element).  Tests derive variants from it (``_replace``)."""
+    cin_g = consts["C_in"] // consts["GROUPS"]
+    cout_g = consts["C_out"] // consts["GROUPS"]
+    block_k = consts["KH"] * consts["KW"] * cin_g if consts["GATHER_K"] else cin_g
+    return ConvConfig(min(128, max(16, triton.next_power_of_2(m))),
+                      min(128, max(16, triton.next_power_of_2(cout_g))),
+                      min(128, max(16, triton.next_power_of_2(block_k))),
+                      num_warps=4, num_stages=1)
+
+
+# ---------------------------------------------------------------- the stem's strip walk
+
+# One BLOCK_K=32 step per filter row.  Tiles (BLOCK_M, BLOCK_N, warps, stages) 64 channels
+# wide (the stem's C_out).
+STRIP_BLOCK_K = 32
+_STRIP_TILES = [(128, 64, 8, 4), (64, 64, 4, 4)]
+# The launcher pads a 3-channel input to this many channels for the strip walk, so every
+# pixel starts at an 8-byte boundary and the strips load as vectors.
+PAD_C = 4
+
+
+def uses_strip(consts, block_k=STRIP_BLOCK_K):
+    """Whether the gathered K walk can run as contiguous filter-row strips (the stem)."""
+    return (consts["GATHER_K"] and consts["GROUPS"] == 1 and consts["DIL"] == 1
+            and consts["KW"] * consts["C_in"] <= block_k)
+
+
+def can_pad_channels(consts, pad_c=PAD_C):
+    return (consts["C_in"] == 3 and consts["GROUPS"] == 1 and not consts["HAS_SHORTCUT"]
+            and uses_strip(dict(consts, C_in=pad_c, GATHER_K=pad_c < GATHER_K_BELOW)))
+
+
+def strip_candidates(consts):
+    """The strip-walk configs for a launch that can take them (the same for every dtype: the
+    step is 32 elements either way), over the input padded to 4 channels where it has 3."""
+    if not uses_strip(consts):
+        return []
+    pad_c = PAD_C if can_pad_channels(consts) else 0
+    return [ConvConfig(bm, bn, STRIP_BLOCK_K, warps, stages, strip=True, pad_c=pad_c)
+            for bm, bn, warps, stages in _STRIP_TILES]
+
+
+# ---------------------------------------------------------------- TMA tiles (sm_90)
+
+# TMA patch tiles walk K in whole blocks of this many channels.
+TMA_BLOCK_K = 64
+# The patch tiles (pixels, output channels, warps): 128 pixels x 64 channels on one
+# warpgroup, 64 x 128 on two where C_out allows; pixels are the wgmma's N (swap-AB).
+_PATCH_TILES = [(128, 64, 4), (64, 128, 8)]
+
+
+def is_gemm(consts):
+    """A 1x1 unpadded convolution: over NHWC at stride 1, a plain GEMM."""
+    return (consts["KH"], consts["KW"], consts["PAD"]) == (1, 1, 0)
+
+
+def uses_tma(consts, element_size):
+    """Whether a launch can take TMA tiles: a stride-1 ungrouped convolution in fp16/bf16
+    whose row strides (C_in, C_out elements) are multiples of 16 bytes; 1x1 unpadded ones load
+    rows of a GEMM, the others patch tiles, which need whole channel blocks (C_in a multiple
+    of 64).  fp32 stays on pointers (fewer compiles; it is not the fast dtype)."""
+    return (element_size == 2 and consts["STRIDE"] == 1 and consts["GROUPS"] == 1
+            and not consts["GATHER_K"] and not consts["INDEX_64"]
+            and consts["C_in"] * element_size % 16 == 0
+            and consts["C_out"] * element_size % 16 == 0
+            and (is_gemm(consts) or consts["C_in"] % TMA_BLOCK_K == 0))
+
+
+def patch_tile(oh, ow, pixels):
+    """(BLOCK_M, PATCH_W) of a patch tile of at most ``pixels`` pixels over an ``oh`` x ``ow``
+    output: the row's width rounded up to a power of two (at most ``pixels``), and no more
+    rows than the image has (rounded up): at 7x7 an 8x8 patch, not 8x16 with 9 rows empty."""
+    patch_w = min(pixels, triton.next_power_of_2(ow))
+    return patch_w * min(pixels // patch_w, triton.next_power_of_2(oh)), patch_w
+
+
+def tma_candidates(consts, element_size):
+    """The TMA configs for a launch that can take them.  1x1: one, where K has at least two
+    steps (C_in >= 128; a single step has no loop to pipeline): 128x128x64 on 8 warps, or
+    128x64x64 on 4 where C_out is 64.  Other stride-1 convolutions (ResNet's 3x3): the patch
+    tiles, through a 4-D descriptor whose zero fill is the padding, swap-AB."""
+    if not uses_tma(consts, element_size):
+        return []
+    if not is_gemm(consts):
+        configs = []
+        for pixels, channels, warps in _PATCH_TILES:
+            if channels > max(64, consts["C_out"]):
+                continue
+            block_m, patch_w = patch_tile(consts["OH"], consts["OW"], pixels)
+            configs.append(ConvConfig(block_m, channels, TMA_BLOCK_K, warps, 3, tma=True,
+                                      swap_ab=True, patch_w=patch_w))
+        return configs
+    if consts["C_in"] < 2 * TMA_BLOCK_K:
+        return []
+    if consts["C_out"] >= 128:
+        return [ConvConfig(128, 128, 64, 8, 3, tma=True)]
+    return [ConvConfig(128, 64, 64, 4, 4, tma=True)]
+
+
+# ---------------------------------------------------------------- split-K
+
+# A launch with fewer tiles than the GPU has SMs (batch 1) splits each tile's K steps into as
+# many slices as bring it to one program per SM, down to one step per slice.  Not a K walk
+# shorter than MIN_SPLIT_K_STEPS: too short to hide a slice's prologue.
+MIN_SPLIT_K_STEPS = 4
+# The tiles that get a split-K candidate: the small ones (M is small whenever the grid is).
+_SPLIT_TILES = {2: _tiles((64, 64, 64, 4, 3), (64, 128, 64, 4, 4)),
+                4: _tiles((64, 64, 32, 4, 4), (64, 128, 32, 4, 4))}
+
+
+def k_steps(consts, block_k):
+    """The K steps one tile walks: every tap's channel blocks, then the shortcut's."""
+    cin_g = consts["C_in"] // consts["GROUPS"]
+    steps = consts["KH"] * consts["KW"] * triton.cdiv(cin_g, block_k)
+    return steps + (triton.cdiv(consts["C_short"], block_k) if consts["HAS_SHORTCUT"] else 0)
+
+
+def split_k_for(m, consts, tile, sms):
+    """How many slices split-K cuts K into for ``tile`` (BLOCK_M, BLOCK_N, BLOCK_K): the
+    fewest that bring tiles x slices to ``sms``, at most one per K step; 1 (no split) for grids
+    that fill the GPU already, K walks shorter than MIN_SPLIT_K_STEPS and the gathered walk."""
+    if consts["GATHER_K"]:
+        return 1
+    block_m, block_n, block_k = tile
+    cout_g = consts["C_out"] // consts["GROUPS"]
+    tiles = triton.cdiv(m, block_m) * triton.cdiv(cout_g, block_n) * consts["GROUPS"]
+    steps = k_steps(consts, block_k)
+    if tiles >= sms or steps < MIN_SPLIT_K_STEPS:
+        return 1
+    return min(triton.cdiv(sms, tiles), steps)
+
+
+def split_k_candidates(m, consts, element_size, sms):
+    """The split-K configs for a launch of M = ``m`` on ``sms`` SMs (empty when its grid
+    fills them); not a tile wider than the layer's output channels."""
+    cout_g = consts["C_out"] // consts["GROUPS"]
+    configs = []
+    for config in _SPLIT_TILES[_size(element_size)]:
+        if config.block_n > max(64, cout_g):
+            continue
+        split = split_k_for(m, consts, config.tile, sms)
+        if split > 1:
+            configs.append(config._replace(split_k=split))
+    return configs

@@ -1,0 +1,18 @@
+"""The epilogue every output tile ends with, in registers before its only store."""
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def bias_residual_act_store(acc, bias_ptr, res_ptr, out_ptr, co, n_mask, out_off, out_mask,
+                            HAS_RESIDUAL: tl.constexpr, RELU: tl.constexpr):
+    """``out = act(acc + bias [+ residual])`` in fp32, rounded once at the store.  ``co`` and
+    ``n_mask``: the tile's output channels; ``out_off``/``out_mask``: its NHWC elements."""
+    acc += tl.load(bias_ptr + co, mask=n_mask, other=0.0)[None, :]
+    if HAS_RESIDUAL:
+        acc += tl.load(res_ptr + out_off, mask=out_mask, other=0.0).to(tl.float32)
+    if RELU:
+        # torch.relu keeps NaN; a plain maximum (and PTX max) would turn it into 0 and hide
+        # an overflow.
+        acc = tl.maximum(acc, 0.0, propagate_nan=tl.PropagateNan.ALL)
+    tl.store(out_ptr + out_off, acc.to(out_ptr.dtype.element_ty), mask=out_mask)
