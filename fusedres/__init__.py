@@ -16,16 +16,17 @@ from ._source_checkout import install_checkout_kernels
 install_checkout_kernels()  # a source checkout's kernels/ as fusedres.kernels (imports nothing)
 
 if "torch" in sys.modules:
-    # Register torch.ops.fusedres.fused_launch now, so that a saved torch.export program
-    # using it loads right after `import fusedres`.  Without torch imported yet (the command
-    # line's --help) nothing is imported; any fusedres model or function registers it too.
+    # Register torch.ops.fusedres.conv_bn_act (and its old name fused_launch) now, so that a
+    # saved torch.export program using it loads right after `import fusedres`.  Without
+    # torch imported yet (the command line's --help) nothing is imported; any fusedres model
+    # or function registers it too.
     importlib.import_module(".library", __name__)
 
 __version__ = "0.1.0"
 
 # Public name -> the submodule that defines it.
 _EXPORTS = {
-    "UnsupportedModelError": "convert", "fuse": "convert",
+    "UnsupportedModelError": "supported", "fuse": "fusing",
     "CUDAGraphRunner": "cuda_graphs",
     "fold_bn": "folding", "forget_folds": "folding",
     "FusedConvBN": "modules",

@@ -22,7 +22,7 @@ import torch
 
 from . import timing
 from .cli import positive_float, positive_int
-from .convert import UnsupportedModelError
+from .supported import UnsupportedModelError
 
 # Per device: (batch, image size, dtype, timing budget in seconds).  The CPU default keeps a
 # whole run at about a minute on a 2-core machine.
@@ -65,11 +65,12 @@ def _inference(model, x):
 
 def model_contenders(name, batch, size, dtype, device, compile_model=False):
     """``{contender: zero-argument callable returning the logits}`` for one configuration."""
-    import fusedres
+    from .cuda_graphs import CUDAGraphRunner
+    from .fusing import fuse
 
     eager_nchw = eager_model(name).to(device=device, dtype=dtype)
     eager_cl = copy.deepcopy(eager_nchw).to(memory_format=torch.channels_last)
-    fused = fusedres.fuse(eager_nchw)
+    fused = fuse(eager_nchw)
     x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(1))
     x = x.to(device=device, dtype=dtype)
     x_cl = x.contiguous(memory_format=torch.channels_last)
@@ -80,7 +81,7 @@ def model_contenders(name, batch, size, dtype, device, compile_model=False):
     }
     if device.type == "cuda":
         # Launch-bound small batches are what CUDA graphs are for (fusedres.CUDAGraphRunner).
-        contenders["fused_graphs"] = _inference(fusedres.CUDAGraphRunner(fused), x_cl)
+        contenders["fused_graphs"] = _inference(CUDAGraphRunner(fused), x_cl)
     if compile_model:
         contenders["compile"] = _inference(torch.compile(eager_cl), x_cl)
     return contenders

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .kernels import pack_weight
+from .supported import check_foldable
 
 
 def fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d):
@@ -263,26 +264,3 @@ def build_folded(pairs, dtype, device, packed) -> Folded:
                     .contiguous(memory_format=torch.channels_last))
             bias = bias.to(device=device, dtype=dtype)
         return Folded(cast(weight), bias, None if shortcut_weight is None else cast(shortcut_weight))
-
-
-def check_foldable(conv, bn, where: str = "") -> None:
-    """Raise a ValueError naming ``where`` unless ``bn(conv(x))`` is something the fused
-    kernel computes: a zero-padded Conv2d with square stride/padding/dilation followed by a
-    BatchNorm2d over its output channels that tracks running statistics."""
-    at = f" at {where}" if where else ""
-    if not isinstance(conv, nn.Conv2d):
-        raise ValueError(f"expected nn.Conv2d{at}, got {type(conv).__name__}")
-    if not isinstance(bn, nn.BatchNorm2d):
-        raise ValueError(f"expected nn.BatchNorm2d{at}, got {type(bn).__name__}")
-    if isinstance(conv.padding, str) or conv.padding_mode != "zeros":
-        raise ValueError(f"unsupported padding {conv.padding!r}/{conv.padding_mode!r}{at}: "
-                         "only explicit zero padding is fused")
-    for name in ("stride", "padding", "dilation"):
-        value = getattr(conv, name)
-        if value[0] != value[1]:
-            raise ValueError(f"unsupported non-square {name} {tuple(value)}{at}")
-    if bn.num_features != conv.out_channels:
-        raise ValueError(f"BatchNorm2d has {bn.num_features} features but the convolution "
-                         f"has {conv.out_channels} output channels{at}")
-    if not bn.track_running_stats:
-        raise ValueError(f"BatchNorm2d without running statistics cannot be folded{at}")

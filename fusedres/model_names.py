@@ -51,6 +51,6 @@ def create_fused(name: str):
     """The fused model ``name`` names, with random weights (fusedres' own constructor for
     torchvision names, ``fusedres.fuse`` of timm's model for ``timm:`` names)."""
     if name.startswith(TIMM_PREFIX):
-        from .convert import fuse
+        from .fusing import fuse
         return fuse(create_eager(name), inplace=True)
     return MODELS[check_name(name)]()

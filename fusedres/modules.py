@@ -3,7 +3,8 @@ import torch
 from torch import nn
 
 from . import ops
-from .folding import FoldCache, LoadsAtomically, check_foldable
+from .folding import FoldCache, LoadsAtomically
+from .supported import check_foldable
 
 
 class FusedConvBN(LoadsAtomically, nn.Module):
@@ -16,6 +17,9 @@ class FusedConvBN(LoadsAtomically, nn.Module):
     Folded weights are rebuilt whenever a source tensor changes; they are never stale.
     Returns channels_last tensors on the fused path.  Safe to call from several threads at
     once, also while another thread loads weights (see ``fusedres.folding.FoldCache``).
+    ``conv`` and ``bn`` must be ``nn.Conv2d`` and ``nn.BatchNorm2d`` themselves, not subclasses
+    (which may change what forward computes): ``UnsupportedModelError`` otherwise, as from
+    ``fuse`` (see ``fusedres.supported.check_foldable``).
     """
 
     def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, relu: bool = True):
@@ -32,8 +36,8 @@ class FusedConvBN(LoadsAtomically, nn.Module):
             if residual is not None:
                 y = y + residual
             return torch.relu(y) if self.relu else y
-        return ops.fused_step(x, self.conv, self.bn, self._fold, relu=self.relu,
-                               residual=residual)
+        return ops.conv_bn_act(x, self.conv, self.bn, self._fold, relu=self.relu,
+                                residual=residual)
 
     def extra_repr(self) -> str:
         return f"relu={self.relu}"

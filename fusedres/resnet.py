@@ -58,13 +58,13 @@ class _FusedBlock(LoadsAtomically, nn.Module):
         for i, (conv, bn) in enumerate(self._PAIRS):
             conv, bn = getattr(self, conv), getattr(self, bn)
             if i < last:
-                out = ops.fused_step(out, conv, bn, self._folds[i], relu=True)
+                out = ops.conv_bn_act(out, conv, bn, self._folds[i], relu=True)
             elif self.downsample is not None:
                 # The downsample (1x1 conv + BN) accumulates into this launch's tile.
-                out = ops.fused_step(out, conv, bn, self._folds[i], relu=True,
-                                      shortcut=(self.downsample[0], self.downsample[1], x))
+                out = ops.conv_bn_act(out, conv, bn, self._folds[i], relu=True,
+                                       shortcut=(self.downsample[0], self.downsample[1], x))
             else:
-                out = ops.fused_step(out, conv, bn, self._folds[i], relu=True, residual=x)
+                out = ops.conv_bn_act(out, conv, bn, self._folds[i], relu=True, residual=x)
         return out
 
 
@@ -179,7 +179,7 @@ class FusedResNet(LoadsAtomically, nn.Module):
     def _stem(self, x):
         if self.training or ops.records_autograd(x, self.conv1, self.bn1):
             return self.relu(self.bn1(self.conv1(x)))
-        return ops.fused_step(x, self.conv1, self.bn1, self._stem_fold, relu=True)
+        return ops.conv_bn_act(x, self.conv1, self.bn1, self._stem_fold, relu=True)
 
     def forward(self, x):
         x = self.maxpool(self._stem(x))

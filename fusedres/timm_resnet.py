@@ -1,8 +1,9 @@
 """``fuse()`` for timm's ResNet family (``timm.models.resnet.ResNet``): ResNet, ResNet-C/D/S/T
 deep stems, ResNet-D average-pool downsample, ResNeXt, wide ResNets, SE / ECA blocks.
 
-Imported only by ``fusedres.fuse`` when it is given a timm ResNet, so timm is already
-imported; ``import fusedres`` never imports this module or timm.
+Imported only by ``fusedres.fuse`` (``fusedres.fusing``) when it is given a timm ResNet, so
+timm is already imported; ``import fusedres`` never imports this module or timm.  Never
+imports the torchvision converter; the checks both share are ``fusedres.supported``.
 
 The fused model is the same object type family as timm's: fusing swaps the class of the
 (copied) model and of each block to a subclass of timm's own that overrides only the forward
@@ -32,10 +33,11 @@ from timm.models import resnet as timm_resnet
 from torch import nn
 
 from . import ops
-from .convert import UnsupportedModelError, _check_children
-from .folding import FoldCache, LoadsAtomically, check_foldable
+from .folding import FoldCache, LoadsAtomically
+from .supported import (UnsupportedModelError, check_children, check_foldable, check_relu,
+                        check_shortcut_conv, expect_type, type_name)
 
-# The timm architectures the tests check against timm's eager model (tests/test_timm.py
+# The timm architectures the tests check against timm's eager model (tests/test_timm_resnet.py
 # parametrises over this tuple; the README's list is checked against it).
 CHECKED_ARCHITECTURES = (
     "resnet10t", "resnet18", "resnet18d", "resnet26t", "resnet34d", "resnet50", "resnet50c",
@@ -68,7 +70,7 @@ def _eca_gate(eca, x):
 
 # Attention modules whose output is ``x * gate(x)``: the gate is computed with the module's
 # own layers, and the multiply moves into the block's last elementwise pass.  Exact classes
-# only (a subclass may change forward); tests/test_timm.py checks each against its module.
+# only (a subclass may change forward); tests/test_timm_resnet.py checks each against its module.
 ATTENTION_GATES = {SEModule: _se_gate, EcaModule: _eca_gate}
 
 
@@ -95,20 +97,20 @@ class _FusedTimmBlock(LoadsAtomically):
         out = x
         *firsts, (conv, bn) = [(getattr(self, c), getattr(self, b)) for c, b in self._PAIRS]
         for (c, b), cache in zip(firsts, self._folds):
-            out = ops.fused_step(out, c, b, cache, relu=True)
+            out = ops.conv_bn_act(out, c, b, cache, relu=True)
         ds, cache = self.downsample, self._folds[-1]
         if self.se is None:
             if ds is None:
-                return ops.fused_step(out, conv, bn, cache, relu=True, residual=x)
-            return ops.fused_step(out, conv, bn, cache, relu=True, shortcut=(ds[-2], ds[-1], x),
-                                  shortcut_pool=_pooled(ds))
+                return ops.conv_bn_act(out, conv, bn, cache, relu=True, residual=x)
+            return ops.conv_bn_act(out, conv, bn, cache, relu=True,
+                                   shortcut=(ds[-2], ds[-1], x), shortcut_pool=_pooled(ds))
         # The gate needs the whole of bn(conv(out)) before anything is added to it.
-        y = ops.fused_step(out, conv, bn, cache, relu=False)
+        y = ops.conv_bn_act(out, conv, bn, cache, relu=False)
         gate = ATTENTION_GATES[type(self.se)](self.se, y)
         shortcut = x
         if ds is not None:
-            shortcut = ops.fused_step(ds[0](x) if _pooled(ds) else x, ds[-2], ds[-1],
-                                      self._shortcut_fold, relu=False)
+            shortcut = ops.conv_bn_act(ds[0](x) if _pooled(ds) else x, ds[-2], ds[-1],
+                                       self._shortcut_fold, relu=False)
         return ops.scale_add_act(y, gate.to(y.dtype), shortcut.to(y.dtype), relu=True)
 
 
@@ -144,10 +146,10 @@ class FusedTimmResNet(LoadsAtomically, timm_resnet.ResNet):
         if ops.records_autograd(x, *(m for pair in pairs for m in pair), self.maxpool):
             return self.maxpool(self.act1(self.bn1(self.conv1(x))))
         for (conv, bn), cache in zip(pairs, self._stem_folds):
-            x = ops.fused_step(x, conv, bn, cache, relu=True)
+            x = ops.conv_bn_act(x, conv, bn, cache, relu=True)
         if isinstance(self.maxpool, nn.Sequential):  # replace_stem_pool: conv-BN-act
-            return ops.fused_step(x, self.maxpool[0], self.maxpool[1], self._stem_pool_fold,
-                                  relu=True)
+            return ops.conv_bn_act(x, self.maxpool[0], self.maxpool[1], self._stem_pool_fold,
+                                   relu=True)
         return self.maxpool(x)
 
     def forward_features(self, x):
@@ -172,51 +174,25 @@ _BLOCK_OPTIONAL = ("se", "downsample", "drop_path")
 
 # ---------------------------------------------------------------- validation
 
-def _type_name(obj):
-    return f"{type(obj).__module__}.{type(obj).__qualname__}"
-
-
-def _expect(module, types, where, what):
-    """``module`` must be exactly one of ``types`` (a subclass may change what it computes)."""
-    if type(module) not in types:
-        raise UnsupportedModelError(f"{where}: expected {what}, got {_type_name(module)}")
-
-
-def _check_pair(conv, bn, where):
-    # Exact classes: timm's Conv2dSame ('tf_' models) pads in forward, BatchNormAct2d applies
-    # an activation; both are subclasses that check_foldable alone would accept.
-    _expect(conv, (nn.Conv2d,), where, "nn.Conv2d")
-    _expect(bn, (nn.BatchNorm2d,), where, "nn.BatchNorm2d (GroupNorm, FrozenBatchNorm2d and "
-                                          "other norms are not fused)")
-    try:
-        check_foldable(conv, bn, where)
-    except ValueError as e:
-        raise UnsupportedModelError(str(e)) from None
-
-
-def _check_relu(act, where):
-    _expect(act, (nn.ReLU,), where, "nn.ReLU (the only activation the fused kernels apply)")
-
-
 def _check_stem(model):
     conv1 = model.conv1
     if isinstance(conv1, nn.Sequential):
         if len(conv1) != 7:
             raise UnsupportedModelError(f"conv1: expected a deep stem of 3 conv-BN-act "
                                         f"(7 modules), got {len(conv1)} modules")
-        _check_pair(conv1[0], conv1[1], "conv1.0/conv1.1")
-        _check_relu(conv1[2], "conv1.2")
-        _check_pair(conv1[3], conv1[4], "conv1.3/conv1.4")
-        _check_relu(conv1[5], "conv1.5")
-        _check_pair(conv1[6], model.bn1, "conv1.6/bn1")
+        check_foldable(conv1[0], conv1[1], "conv1.0/conv1.1")
+        check_relu(conv1[2], "conv1.2")
+        check_foldable(conv1[3], conv1[4], "conv1.3/conv1.4")
+        check_relu(conv1[5], "conv1.5")
+        check_foldable(conv1[6], model.bn1, "conv1.6/bn1")
     else:
-        _check_pair(conv1, model.bn1, "conv1/bn1")
-    _check_relu(model.act1, "act1")
+        check_foldable(conv1, model.bn1, "conv1/bn1")
+    check_relu(model.act1, "act1")
     pool = model.maxpool
     if isinstance(pool, nn.Sequential) and len(pool) == 3 and type(pool[0]) is nn.Conv2d:
         # replace_stem_pool (ResNet-RS) without anti-aliasing: conv-BN-act.
-        _check_pair(pool[0], pool[1], "maxpool.0/maxpool.1")
-        _check_relu(pool[2], "maxpool.2")
+        check_foldable(pool[0], pool[1], "maxpool.0/maxpool.1")
+        check_relu(pool[2], "maxpool.2")
     elif type(pool) is not nn.MaxPool2d:
         raise UnsupportedModelError(
             f"maxpool: expected nn.MaxPool2d or Sequential(Conv2d, BatchNorm2d, ReLU) "
@@ -228,17 +204,14 @@ def _check_downsample(ds, where):
         raise UnsupportedModelError(f"{where}: expected Sequential([AvgPool2d,] Conv2d 1x1, "
                                     f"BatchNorm2d), got {ds!r}")
     conv, bn = ds[-2], ds[-1]
-    _check_pair(conv, bn, where)
-    if conv.kernel_size != (1, 1) or conv.padding != (0, 0) or conv.groups != 1 \
-            or conv.dilation != (1, 1):
-        raise UnsupportedModelError(f"{where}: downsample convolution must be 1x1, no padding, "
-                                    f"groups=1, got {conv!r}")
+    check_foldable(conv, bn, where)
+    check_shortcut_conv(conv, where)
     if len(ds) == 3:
         pool = ds[0]
         if type(pool) is nn.Identity:
             return
         # AvgPool2dSame (dilated ResNet-D) subclasses AvgPool2d: exact class only.
-        _expect(pool, (nn.AvgPool2d,), f"{where}.0", "nn.AvgPool2d or nn.Identity")
+        expect_type(pool, (nn.AvgPool2d,), f"{where}.0", "nn.AvgPool2d or nn.Identity")
         if not (pool.kernel_size in (2, (2, 2)) and pool.stride in (2, (2, 2))
                 and pool.padding in (0, (0, 0)) and pool.ceil_mode
                 and not pool.count_include_pad and pool.divisor_override is None
@@ -251,24 +224,25 @@ def _check_downsample(ds, where):
 def _check_block(block, where):
     kind = type(block)
     if kind not in _FUSED_BLOCKS:
-        raise UnsupportedModelError(f"{where}: unsupported block type {_type_name(block)}; "
+        raise UnsupportedModelError(f"{where}: unsupported block type {type_name(block)}; "
                                     "expected timm's BasicBlock or Bottleneck")
-    _check_children(block, _BLOCK_CHILDREN[kind], _BLOCK_OPTIONAL, where)
+    check_children(block, _BLOCK_CHILDREN[kind], _BLOCK_OPTIONAL, where)
     for conv, bn in _FUSED_BLOCKS[kind]._PAIRS:
-        _check_pair(getattr(block, conv), getattr(block, bn), f"{where}.{conv}/{bn}")
+        check_foldable(getattr(block, conv), getattr(block, bn), f"{where}.{conv}/{bn}")
     acts = ("act1", "act2") + (("act3",) if kind is timm_resnet.Bottleneck else ())
     for act in acts:
-        _check_relu(getattr(block, act), f"{where}.{act}")
-    _expect(block.aa, (nn.Identity,), f"{where}.aa",
-            "nn.Identity (anti-aliasing / blur pooling is not fused)")
+        check_relu(getattr(block, act), f"{where}.{act}")
+    expect_type(block.aa, (nn.Identity,), f"{where}.aa",
+                "nn.Identity (anti-aliasing / blur pooling is not fused)")
     # Both are no-ops in eval mode, the only mode that runs fused; timm's own classes only.
-    _expect(block.drop_block, (nn.Identity, DropBlock2d), f"{where}.drop_block",
-            "nn.Identity or timm's DropBlock2d")
+    expect_type(block.drop_block, (nn.Identity, DropBlock2d), f"{where}.drop_block",
+                "nn.Identity or timm's DropBlock2d")
     if block.drop_path is not None:
-        _expect(block.drop_path, (DropPath,), f"{where}.drop_path", "None or timm's DropPath")
+        expect_type(block.drop_path, (DropPath,), f"{where}.drop_path",
+                    "None or timm's DropPath")
     if block.se is not None:
-        _expect(block.se, tuple(ATTENTION_GATES), f"{where}.se",
-                "None, timm's SEModule or EcaModule")
+        expect_type(block.se, tuple(ATTENTION_GATES), f"{where}.se",
+                    "None, timm's SEModule or EcaModule")
     if block.downsample is not None:
         _check_downsample(block.downsample, f"{where}.downsample")
 
@@ -278,13 +252,13 @@ def check_model(model):
     fusedres cannot fuse exactly; return the blocks to fuse.  Changes nothing."""
     if type(model) is not timm_resnet.ResNet:
         raise UnsupportedModelError(f"model: expected timm's ResNet itself, got "
-                                    f"{_type_name(model)} (a subclass may change forward)")
-    _check_children(model, _MODEL_CHILDREN, (), "model")
+                                    f"{type_name(model)} (a subclass may change forward)")
+    check_children(model, _MODEL_CHILDREN, (), "model")
     _check_stem(model)
     blocks = []
     for i in range(1, 5):
         layer = getattr(model, f"layer{i}")
-        _expect(layer, (nn.Sequential,), f"layer{i}", "nn.Sequential")
+        expect_type(layer, (nn.Sequential,), f"layer{i}", "nn.Sequential")
         for j, block in enumerate(layer):
             _check_block(block, f"layer{i}.{j}")
             blocks.append(block)

@@ -1,6 +1,6 @@
 """Memory stays flat under a server's load (issue 15): 10,000 calls with random batch sizes
 1-64 on CPU, through a fused model's fold caches and through CUDAGraphRunner's LRU of
-captured graphs (stand-in capture, see test_graph_runner.CPUGraphRunner)."""
+captured graphs (stand-in capture, see test_cuda_graphs.CPUGraphRunner)."""
 import gc
 import random
 import tracemalloc
@@ -14,7 +14,7 @@ from fusedres import FusedConvBN
 from fusedres.folding import FoldCache
 
 from .numerics import conv_bn_pair
-from .test_graph_runner import CPUGraphRunner, tiny_fused_model, torch_path  # noqa: F401
+from .test_cuda_graphs import CPUGraphRunner, tiny_fused_model, torch_path  # noqa: F401
 
 CALLS = 10_000
 WARMUP = 500

@@ -134,9 +134,9 @@ def test_warmup_cli_compiles_every_candidate(compiled_cases, capsys):
     assert cli.main(["warmup", "--model", "resnet18", "--dtype", "float16",
                      "--arch", "sm_90"]) == 0
     geometries = gpu_inspect.specialisations("resnet18", torch.float16)
-    geometries = len(geometries)
     compiles = sum(len(gpu_inspect.candidate_configs(geometry, 90)) for geometry in geometries)
-    assert f"compiled {compiles} kernels for {geometries} geometries" in capsys.readouterr().out
+    assert (f"compiled {compiles} kernels for {len(geometries)} geometries"
+            in capsys.readouterr().out)
 
 
 @pytest.mark.parametrize("width", [1, 2, 4])
@@ -227,14 +227,14 @@ def test_json_rows_carry_the_cost_model(compiled_cases, tmp_path, capsys):
     assert wgmma and all(row["issue_per_kfma"] > 0 for row in wgmma)
     # Outside the stem's gathered K walk, every wgmma candidate issues under 5 per kFMA.
     assert all(row["issue_per_kfma"] < 5 for row in wgmma if "7x7" not in row["geometry"])
-    # Per padded geometry, the lean K loop's best candidate issues fewer instructions per
-    # step than the first design's best.
+    # Per padded geometry, the hoisted tap walk's best candidate issues fewer instructions per
+    # step than the recomputed walk's best.
     best = {}
     for row in wgmma:
         key = (row["geometry"], row["variant"])
         best[key] = min(best.get(key, float("inf")), row["issue_per_kfma"])
-    padded = [g for g, variant in best if variant == "classic"]
-    assert padded and all(best[g, "lean"] < best[g, "classic"] for g in padded)
+    padded = [g for g, variant in best if variant == "taps-recomputed"]
+    assert padded and all(best[g, "taps"] < best[g, "taps-recomputed"] for g in padded)
     assert "best candidate per geometry" in capsys.readouterr().out
 
 
@@ -242,7 +242,7 @@ def test_filters_select_rows(capsys):
     # The stem's padded strip candidate on 8 warps alone: one compile (cached once the cases
     # above ran).
     assert gpu_inspect.run(_parse("--model", "resnet50", "--dtype", "float16", "--arch", "sm_90",
-                                  "--geometry", "7x7/s2", "--config", "w8 s4 LEAN_K=True PAD_C=4")) == 0
+                                  "--geometry", "7x7/s2", "--config", "w8 s4 strip pad-c 4")) == 0
     out = capsys.readouterr().out
     assert "1 specialisations x configs (1 geometries), 0 failed" in out
     assert gpu_inspect.run(_parse("--model", "resnet50", "--dtype", "float16", "--arch", "sm_90",

@@ -1,4 +1,5 @@
-"""The fused ResNet family against torchvision's eager models."""
+"""The fused ResNet family against torchvision's eager models (what ``fuse`` refuses:
+tests/test_fusing.py)."""
 import copy
 
 import pytest
@@ -9,7 +10,8 @@ from torch import nn
 import fusedres
 
 from .conftest import DEVICE, TF32
-from .numerics import MODEL_HALF_TOL, assert_close_to_reference, model_tol, randomize_bn
+from .numerics import (MODEL_HALF_TOL, assert_close_to_reference, model_tol, randomize_bn,
+                       rel_tol)
 
 ALL_MODELS = list(fusedres.MODELS)
 SIZE = (33, 47)  # odd on purpose
@@ -173,59 +175,39 @@ class TestNeverStale:
         self._check(fused, "resnet50", x)
 
 
-class TestRejectsUnsupportedModels:
-    def test_not_a_resnet(self):
-        with pytest.raises(fusedres.UnsupportedModelError, match="expected torchvision's ResNet"):
-            fusedres.fuse(nn.Sequential(nn.Conv2d(3, 8, 3)))
+def test_bad_weights_argument():
+    with pytest.raises(TypeError, match="weights must be"):
+        fusedres.resnet18(weights=42)
+    with pytest.raises(FileNotFoundError):
+        fusedres.resnet18(weights="/nonexistent/weights.pt")
 
-    def test_other_torchvision_model(self):
-        with pytest.raises(fusedres.UnsupportedModelError, match="got torchvision.models.vgg.VGG"):
-            fusedres.fuse(torchvision.models.vgg11())
 
-    def test_block_with_unknown_submodule(self):
-        model = torchvision.models.resnet18()
-        model.layer2[1].se = nn.Identity()
-        with pytest.raises(fusedres.UnsupportedModelError, match=r"layer2\.1: .*unknown \['se'\]"):
-            fusedres.fuse(model)
+class TestInputDtypeDiffersFromModel:
+    """Issue 9, item 10: the dtype mismatch is named at the first fused step, not at ``fc``."""
 
-    def test_model_with_unknown_submodule(self):
-        model = torchvision.models.resnet18()
-        model.dropout = nn.Dropout()
-        with pytest.raises(fusedres.UnsupportedModelError, match=r"model: .*unknown \['dropout'\]"):
-            fusedres.fuse(model)
+    @pytest.fixture
+    def torch_path(self, monkeypatch):
+        monkeypatch.setattr(fusedres.kernels, "INTERPRETED", False)
 
-    def test_frozen_batchnorm(self):
-        from torchvision.ops.misc import FrozenBatchNorm2d
-        model = torchvision.models.resnet50(norm_layer=FrozenBatchNorm2d)
-        with pytest.raises(fusedres.UnsupportedModelError, match="expected nn.BatchNorm2d at conv1/bn1"):
-            fusedres.fuse(model)
+    @pytest.mark.parametrize("model_dtype,input_dtype", [(torch.float32, torch.float16),
+                                                         (torch.bfloat16, torch.float32)],
+                             ids=str)
+    def test_mismatch_names_both_dtypes(self, torch_path, model_dtype, input_dtype):
+        fused = fusedres.fuse(randomize_bn(torchvision.models.resnet18())).eval().to(model_dtype)
+        x = torch.randn(1, 3, 32, 32, dtype=input_dtype)
+        with torch.no_grad(), pytest.raises(TypeError, match=rf"input has dtype {input_dtype} "
+                                            rf"but the model's parameters have dtype {model_dtype}"):
+            fused(x)
 
-    def test_overridden_forward(self):
-        class MyResNet(torchvision.models.ResNet):
-            def forward(self, x):
-                return super().forward(x) * 2
-
-        model = MyResNet(torchvision.models.resnet.BasicBlock, [1, 1, 1, 1])
-        with pytest.raises(fusedres.UnsupportedModelError, match="overrides forward"):
-            fusedres.fuse(model)
-
-    def test_custom_block_type(self):
-        model = torchvision.models.resnet18()
-        model.layer3[0] = nn.Sequential(nn.Conv2d(128, 256, 3, 2, 1))
-        with pytest.raises(fusedres.UnsupportedModelError, match=r"layer3\.0: unsupported block type"):
-            fusedres.fuse(model)
-
-    def test_odd_downsample(self):
-        model = torchvision.models.resnet18()
-        model.layer2[0].downsample[0] = nn.Conv2d(64, 128, 3, 2, 1, bias=False)
-        with pytest.raises(fusedres.UnsupportedModelError, match=r"layer2\.0\.downsample: .*1x1"):
-            fusedres.fuse(model)
-
-    def test_bad_weights_argument(self):
-        with pytest.raises(TypeError, match="weights must be"):
-            fusedres.resnet18(weights=42)
-        with pytest.raises(FileNotFoundError):
-            fusedres.resnet18(weights="/nonexistent/weights.pt")
+    def test_autocast_changes_the_dtype_on_purpose(self, torch_path):
+        eager = randomize_bn(torchvision.models.resnet18()).eval()
+        fused = fusedres.fuse(eager)
+        x = torch.randn(2, 3, 32, 32)
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            out = fused(x)
+            ref = eager(x)
+        assert out.dtype == ref.dtype == torch.bfloat16
+        assert_close_to_reference(out, ref.double(), 4 * rel_tol(torch.bfloat16))
 
 
 @pytest.mark.gpu

@@ -1,22 +1,28 @@
 """Saving, copying and exporting a fused model (issue 15): torch.save/torch.load, pickle,
 copy.deepcopy, and torch.export save/load in a fresh process, each giving the same outputs;
-no fold cache, watch or lock travels with the copy (it folds again from its own tensors)."""
+no fold cache, watch or lock travels with the copy (it folds again from its own tensors).
+Programs exported with the operator's old name (``fused_launch``) still load."""
 import copy
 import io
 import os
 import pathlib
 import pickle
+import re
 import subprocess
 import sys
+import zipfile
 
 import pytest
 import torch
 import torchvision
 
 import fusedres
+from fusedres import ops
+from fusedres.folding import build_folded
 
 from .conftest import DEVICE, TF32
-from .numerics import assert_close_to_reference, model_tol, randomize_bn
+from .numerics import (assert_close_to_reference, conv_bn_pair, model_tol, randomize_bn,
+                       rel_tol)
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -101,7 +107,7 @@ def test_export_save_load_in_a_fresh_process(tmp_path):
     with torch.no_grad():
         program = torch.export.export(fused, (x,))
         here = program.module()(x)
-    assert any(n.target is torch.ops.fusedres.fused_launch.default for n in program.graph.nodes)
+    assert any(n.target is torch.ops.fusedres.conv_bn_act.default for n in program.graph.nodes)
     torch.export.save(program, tmp_path / "model.pt2")
     torch.save(x, tmp_path / "x.pt")
     done = subprocess.run(
@@ -119,3 +125,50 @@ def test_export_save_load_in_a_fresh_process(tmp_path):
     eager.load_state_dict({k: v.cpu() for k, v in fused.state_dict().items()})
     with torch.no_grad():
         assert_close_to_reference(there, eager.double()(x.cpu().double()), model_tol(TF32))
+
+
+class _ExportedBeforeTheRename(torch.nn.Module):
+    """One conv + BN + ReLU launch as programs exported before the operator was renamed
+    (``fused_launch`` -> ``conv_bn_act``) call it."""
+
+    def __init__(self, folded):
+        super().__init__()
+        self.register_buffer("weight", folded.weight)  # packed
+        self.register_buffer("bias", folded.bias)
+
+    def forward(self, x):
+        return torch.ops.fusedres.fused_launch(
+            x, self.weight, self.bias, None, None, None, [3, 3], 1, 1, 1, 1, 1, False, True,
+            TF32)
+
+
+def test_program_exported_with_the_old_operator_name_loads(tmp_path):
+    """``torch.ops.fusedres.fused_launch`` stays registered so that such programs load in a
+    fresh process after ``import fusedres`` alone, and compute the same launch."""
+    if not ops.uses_triton(torch.empty(0, device=DEVICE)):
+        pytest.skip("the Triton path needs a GPU or TRITON_INTERPRET=1")
+    conv, bn = conv_bn_pair(8, 16, 3, padding=1)
+    folded = build_folded([(conv, bn)], torch.float32, DEVICE, packed=True)
+    x = torch.randn(2, 8, 7, 9, device=DEVICE)
+    with torch.no_grad():
+        program = torch.export.export(_ExportedBeforeTheRename(folded).to(DEVICE), (x,))
+        here = program.module()(x)
+    torch.export.save(program, tmp_path / "old.pt2")
+    with zipfile.ZipFile(tmp_path / "old.pt2") as archive:
+        saved = b"".join(archive.read(name) for name in archive.namelist())
+    assert re.search(rb'"target":\s*"torch\.ops\.fusedres\.fused_launch\.default"', saved), \
+        "the archive does not call the operator by its old name"
+    torch.save(x, tmp_path / "x.pt")
+    done = subprocess.run(
+        [sys.executable, "-c", _LOAD_AND_RUN, str(tmp_path / "old.pt2"),
+         str(tmp_path / "x.pt"), str(tmp_path / "out.pt")],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [
+            str(ROOT), os.environ.get("PYTHONPATH")]))})
+    assert done.returncode == 0, done.stderr[-3000:]
+    there = torch.load(tmp_path / "out.pt")
+    if DEVICE.type == "cpu":  # the same interpreted kernel: the same bits
+        torch.testing.assert_close(there, here, rtol=0, atol=0)
+    with torch.no_grad():
+        ref = torch.relu(bn.eval().double()(conv.double()(x.cpu().double())))
+    assert_close_to_reference(there, ref, rel_tol(torch.float32, TF32))

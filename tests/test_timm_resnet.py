@@ -227,12 +227,12 @@ def test_custom_operator_runs_the_pooled_shortcut():
     bias = torch.randn(32, device=DEVICE)
     args = (x, pack_weight(w, x.dtype), bias, None, xs, pack_weight(w_s, x.dtype), [1, 1], 1, 0,
             1, 1, 2, True, False, False)
-    real = torch.ops.fusedres.fused_launch(*args)
+    real = torch.ops.fusedres.conv_bn_act(*args)
     pooled = F.avg_pool2d(xs, 2, 2, ceil_mode=True, count_include_pad=False)
     ref = F.conv2d(x.double(), w.double(), bias.double()) + F.conv2d(pooled.double(), w_s.double())
     assert_close_to_reference(real, ref, rel_tol(x.dtype, TF32), "custom operator")
     with FakeTensorMode() as mode:
-        fake = torch.ops.fusedres.fused_launch(
+        fake = torch.ops.fusedres.conv_bn_act(
             *[mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args])
     assert (fake.shape, fake.stride()) == (real.shape, real.stride())
 

@@ -1,25 +1,27 @@
-"""``fuse(model)``: turn a torchvision ResNet into a FusedResNet with the same weights (timm's
-ResNet family: ``fusedres.timm_resnet``)."""
+"""torchvision's ResNet (``torchvision.models.resnet.ResNet``) -> ``FusedResNet`` with the same
+weights; reached through ``fusedres.fuse``.
+
+Never imports torchvision: a torchvision model was passed in, so torchvision is imported
+already, and its classes are looked up in ``sys.modules``.
+"""
 import copy
 import sys
 
 from torch import nn
 
-from .folding import FoldCache, check_foldable
+from .folding import FoldCache
 from .resnet import FusedBasicBlock, FusedBottleneck, FusedResNet
+from .supported import (UnsupportedModelError, check_children, check_foldable, check_relu,
+                        check_shortcut_conv, type_name)
 
 _MODEL_CHILDREN = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4",
                    "avgpool", "fc")
-_MODEL_TYPES = {"relu": nn.ReLU, "maxpool": nn.MaxPool2d, "avgpool": nn.AdaptiveAvgPool2d,
-                "fc": nn.Linear}
+# Run as they are by FusedResNet's forward (the stem's relu is fused: checked exactly).
+_MODEL_TYPES = {"maxpool": nn.MaxPool2d, "avgpool": nn.AdaptiveAvgPool2d, "fc": nn.Linear}
 _BLOCKS = {  # torchvision class name -> (fused class, required children)
     "BasicBlock": (FusedBasicBlock, ("conv1", "bn1", "relu", "conv2", "bn2")),
     "Bottleneck": (FusedBottleneck, ("conv1", "bn1", "conv2", "bn2", "conv3", "bn3", "relu")),
 }
-
-
-class UnsupportedModelError(ValueError):
-    """The model, or a part of it, is not something fusedres can fuse exactly."""
 
 
 def _torchvision_class(name):
@@ -29,47 +31,24 @@ def _torchvision_class(name):
     return getattr(module, name, None) if module is not None else None
 
 
-def _timm_resnet_class():
-    """timm's ResNet class if timm's resnet module is already imported, else None: like
-    torchvision, timm is never imported by fusedres itself."""
-    module = sys.modules.get("timm.models.resnet")
-    return getattr(module, "ResNet", None) if module is not None else None
-
-
 def _check_class(obj, name, where):
     """``obj`` must be torchvision's ``name`` (or a subclass that keeps its forward)."""
     base = _torchvision_class(name)
     if base is None or not isinstance(obj, base):
         raise UnsupportedModelError(f"{where}: expected torchvision's {name}, got "
-                                    f"{type(obj).__module__}.{type(obj).__qualname__}")
+                                    f"{type_name(obj)}")
     for method in ("forward", "_forward_impl"):
         if getattr(type(obj), method, None) is not getattr(base, method, None):
             raise UnsupportedModelError(f"{where}: {type(obj).__qualname__} overrides "
                                         f"{method}(); only torchvision's own forward is fused")
 
 
-def _check_children(module, required, optional, where):
-    names = [n for n, _ in module.named_children()]
-    missing = [n for n in required if n not in names]
-    unknown = [n for n in names if n not in required and n not in optional]
-    if missing or unknown:
-        parts = ([f"missing {missing}"] if missing else []) + ([f"unknown {unknown}"] if unknown else [])
-        raise UnsupportedModelError(f"{where}: unexpected structure ({'; '.join(parts)})")
-
-
 def _check_downsample(ds, where):
     if not (isinstance(ds, nn.Sequential) and len(ds) == 2):
         raise UnsupportedModelError(f"{where}: downsample must be Sequential(Conv2d 1x1, "
                                     f"BatchNorm2d), got {ds!r}")
-    conv, bn = ds[0], ds[1]
-    try:
-        check_foldable(conv, bn, where)
-    except ValueError as e:
-        raise UnsupportedModelError(str(e)) from None
-    if conv.kernel_size != (1, 1) or conv.padding != (0, 0) or conv.groups != 1 \
-            or conv.dilation != (1, 1):
-        raise UnsupportedModelError(f"{where}: downsample convolution must be 1x1, no padding, "
-                                    f"groups=1, got {conv!r}")
+    check_foldable(ds[0], ds[1], where)
+    check_shortcut_conv(ds[0], where)
 
 
 def _rebuild(cls, source, attrs):
@@ -90,8 +69,7 @@ def _block_kind(block, where):
         base = _torchvision_class(name)
         if base is not None and isinstance(block, base):
             return name
-    raise UnsupportedModelError(f"{where}: unsupported block type "
-                                f"{type(block).__module__}.{type(block).__qualname__}; "
+    raise UnsupportedModelError(f"{where}: unsupported block type {type_name(block)}; "
                                 "expected torchvision's BasicBlock or Bottleneck")
 
 
@@ -100,15 +78,10 @@ def _check_block(block, where):
     kind = _block_kind(block, where)
     _check_class(block, kind, where)
     fused_cls, required = _BLOCKS[kind]
-    _check_children(block, required, ("downsample",), where)
+    check_children(block, required, ("downsample",), where)
     for conv, bn in fused_cls._PAIRS:
-        try:
-            check_foldable(getattr(block, conv), getattr(block, bn), f"{where}.{conv}/{bn}")
-        except ValueError as e:
-            raise UnsupportedModelError(str(e)) from None
-    if not isinstance(block.relu, nn.ReLU):
-        raise UnsupportedModelError(f"{where}.relu: expected nn.ReLU, "
-                                    f"got {type(block.relu).__name__}")
+        check_foldable(getattr(block, conv), getattr(block, bn), f"{where}.{conv}/{bn}")
+    check_relu(block.relu, f"{where}.relu")
     if block.downsample is not None:
         _check_downsample(block.downsample, f"{where}.downsample")
     return fused_cls
@@ -120,33 +93,17 @@ def _fuse_block(block, fused_cls):
     return fused
 
 
-def fuse(model: nn.Module, *, inplace: bool = False) -> nn.Module:
-    """Return a FusedResNet computing the same function as the torchvision ResNet ``model``;
-    for timm's ResNet family, a fused timm ResNet (``fusedres.timm_resnet.fuse_timm``).
-
-    Any depth, BasicBlock or Bottleneck, width and groups (wide_resnet, resnext),
-    ``replace_stride_with_dilation``, ``zero_init_residual`` and ``num_classes`` are
-    accepted.  ``state_dict()`` keys and values are the input's.  With ``inplace=False`` (the
-    default) the model is deep-copied first; with ``inplace=True`` the fused model shares the
-    input's submodules and parameters (no copy, and the original must not be used for
-    something else).  Anything that is not a torchvision-style ResNet raises
-    ``UnsupportedModelError`` naming the part; the whole model is checked before anything is
-    changed, so when ``fuse`` raises, the input model is untouched in both modes.
-    """
+def fuse_torchvision(model: nn.Module, *, inplace: bool = False) -> nn.Module:
+    """``fusedres.fuse`` for torchvision's ResNet (see there): a ``FusedResNet`` holding
+    ``model``'s submodules.  The whole model is checked before anything changes."""
     if isinstance(model, FusedResNet):
         return model if inplace else copy.deepcopy(model)
-    timm_resnet = _timm_resnet_class()
-    if timm_resnet is not None and isinstance(model, timm_resnet):
-        from .timm_resnet import fuse_timm
-        return fuse_timm(model, inplace=inplace)
     if not isinstance(model, nn.Module):
         raise UnsupportedModelError(f"expected a torchvision ResNet, got {type(model).__name__}")
     _check_class(model, "ResNet", "model")
-    _check_children(model, _MODEL_CHILDREN, (), "model")
-    try:
-        check_foldable(model.conv1, model.bn1, "conv1/bn1")
-    except ValueError as e:
-        raise UnsupportedModelError(str(e)) from None
+    check_children(model, _MODEL_CHILDREN, (), "model")
+    check_foldable(model.conv1, model.bn1, "conv1/bn1")
+    check_relu(model.relu, "relu")
     for name, cls in _MODEL_TYPES.items():
         if not isinstance(getattr(model, name), cls):
             raise UnsupportedModelError(f"{name}: expected {cls.__name__}, got "

@@ -1,6 +1,8 @@
-"""CUDAGraphRunner's bounds (LRU of captured graphs), batch-size bucketing and its cheap
-staleness check (issue 15, issue 9 item 4).  The bookkeeping runs on CPU with a stand-in for
-graph capture (``CPUGraphRunner``); the same behaviour with real CUDA graphs is GPU-marked."""
+"""``fusedres.CUDAGraphRunner``: its bounds (LRU of captured graphs), batch-size bucketing,
+its staleness checks (``ModelWatch``, full and cheap; issue 15, issue 9 item 4), and replays
+against eager.  The bookkeeping runs on CPU with a stand-in for graph capture
+(``CPUGraphRunner``); the same behaviour with real CUDA graphs is GPU-marked.  CUDA graphs
+inside ``torch.compile(mode="reduce-overhead")``: tests/test_library.py."""
 import pytest
 import torch
 import torchvision
@@ -11,6 +13,8 @@ from fusedres.cuda_graphs import LRU, CUDAGraphRunner, ModelWatch, _Captured, bu
 
 from .conftest import TF32
 from .numerics import assert_close_to_reference, model_tol, randomize_bn
+from .test_compile import TOL, _models
+from .test_folding import _built_in_inference_mode, _float64_reference
 
 
 class _Replay:
@@ -157,6 +161,53 @@ class TestRunnerBookkeeping:
             assert runner.captures == [2, 2, 2, 2]
 
 
+class TestModelWatch:
+    """Issue 9, item 4: the CUDA-graph runner's staleness check, exercised on CPU."""
+
+    @pytest.fixture
+    def fused(self):
+        return fusedres.fuse(randomize_bn(torchvision.models.resnet18())).eval()
+
+    def test_unchanged(self, fused):
+        watch = ModelWatch(fused)
+        assert not watch.changed()
+        nn.Linear(4, 4)  # registers parameters elsewhere: the watch looks again, finds nothing
+        assert not watch.changed()
+        assert not watch.changed()
+
+    @pytest.mark.parametrize("change", [
+        "in_place_weight", "in_place_running_var", "load_state_dict", "half_float_round_trip",
+        "replaced_parameter", "replaced_submodule", "replaced_block", "eps"])
+    def test_change_is_seen(self, fused, change):
+        watch = ModelWatch(fused)
+        with torch.no_grad():
+            if change == "in_place_weight":
+                fused.layer3[1].conv2.weight.neg_()
+            elif change == "in_place_running_var":
+                fused.layer2[0].downsample[1].running_var.mul_(3.0)
+            elif change == "load_state_dict":
+                fused.load_state_dict(torchvision.models.resnet18().state_dict())
+            elif change == "half_float_round_trip":
+                fused.half().float()
+            elif change == "replaced_parameter":
+                fused.fc.bias = nn.Parameter(torch.randn_like(fused.fc.bias))
+            elif change == "replaced_submodule":
+                fused.layer2[1].bn2 = randomize_bn(nn.BatchNorm2d(128)).eval()
+            elif change == "replaced_block":
+                fused.layer4[1] = fusedres.fuse(torchvision.models.resnet18()).layer4[1].eval()
+            elif change == "eps":
+                fused.layer1[0].bn1.eps = 0.5
+        assert watch.changed()
+
+    def test_inference_tensor_model(self):
+        fused = _built_in_inference_mode()
+        watch = ModelWatch(fused)
+        assert not watch.changed()
+        with torch.inference_mode():
+            fused.load_state_dict(torchvision.models.resnet18().state_dict(), assign=True)
+        assert watch.changed()
+
+
 class TestCheapModelWatch:
     def test_what_it_sees(self, torch_path):
         fused = fusedres.fuse(randomize_bn(torchvision.models.resnet18())).eval()
@@ -220,3 +271,45 @@ def test_gpu_runner_cheap_check():
         runner.invalidate()
         assert_close_to_reference(runner(x), _eager(fused, x), model_tol(TF32),
                                   "after an edit and invalidate()")
+
+
+@pytest.mark.gpu
+def test_cuda_graph_runner_never_replays_stale_weights():
+    """Issue 9, item 4, on the device: the cheap check still catches every edit."""
+    fused = fusedres.fuse(randomize_bn(torchvision.models.resnet18())).cuda().eval()
+    runner = fusedres.CUDAGraphRunner(fused)
+    x = torch.randn(1, 3, 32, 32, device="cuda")
+
+    def check():
+        with torch.no_grad():
+            out = runner(x)
+        assert_close_to_reference(out, _float64_reference(fused, x.cpu()), model_tol(TF32))
+
+    check()
+    check()  # a replay of the captured graph
+    with torch.no_grad():
+        fused.layer3[1].conv2.weight.neg_()
+    check()
+    fused.load_state_dict(randomize_bn(torchvision.models.resnet18()).state_dict())
+    check()
+    fused.layer2[1].bn2 = randomize_bn(nn.BatchNorm2d(128)).cuda().eval()
+    check()
+
+
+def test_cuda_graph_runner_rejects_cpu_input():
+    _, fused = _models("resnet18")
+    with pytest.raises(ValueError, match="needs a CUDA tensor"):
+        fusedres.CUDAGraphRunner(fused)(torch.randn(1, 3, 32, 32))
+
+
+@pytest.mark.gpu
+def test_cuda_graph_replay_matches_eager_and_never_goes_stale():
+    eager, fused = _models("resnet50")
+    runner = fusedres.CUDAGraphRunner(fused)
+    x1, x2 = torch.randn(1, 3, 64, 64, device="cuda"), torch.randn(1, 3, 64, 64, device="cuda")
+    with torch.no_grad():
+        assert_close_to_reference(runner(x1), eager.double()(x1.double()), TOL, "first call")
+        assert_close_to_reference(runner(x2), eager.double()(x2.double()), TOL, "replay")
+        fused.layer3[0].conv2.weight.mul_(-1)
+        eager.layer3[0].conv2.weight.mul_(-1)
+        assert_close_to_reference(runner(x1), eager.double()(x1.double()), TOL, "after edit")

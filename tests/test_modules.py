@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from fusedres import FusedConvBN
+from fusedres import FusedConvBN, UnsupportedModelError
 
 from .conftest import DEVICE, TF32
 from .numerics import assert_close_to_reference, conv_bn_pair, rel_tol
@@ -214,6 +214,24 @@ class TestRejectsBadInput:
     def test_bn_without_running_stats(self):
         with pytest.raises(ValueError, match="running statistics"):
             FusedConvBN(nn.Conv2d(4, 8, 3), nn.BatchNorm2d(8, track_running_stats=False))
+
+    @pytest.mark.parametrize("part", ["conv", "bn"])
+    def test_subclass_is_refused_as_by_fuse(self, part):
+        """Exact classes, as ``fuse`` requires: a subclass may change what forward computes."""
+        class Conv(nn.Conv2d):
+            def forward(self, x):
+                return -super().forward(x)
+
+        class BatchNorm(nn.BatchNorm2d):
+            def forward(self, x):
+                return -super().forward(x)
+
+        conv = Conv(4, 8, 3) if part == "conv" else nn.Conv2d(4, 8, 3)
+        bn = BatchNorm(8) if part == "bn" else nn.BatchNorm2d(8)
+        base = "nn.Conv2d" if part == "conv" else "nn.BatchNorm2d"
+        with pytest.raises(UnsupportedModelError, match=rf"^expected {base} itself \(a subclass "
+                                                        rf"may change what forward computes"):
+            FusedConvBN(conv, bn)
 
 
 @pytest.mark.gpu

@@ -1,0 +1,112 @@
+"""BatchNorm folding (``fusedres.folding``): the folded weights against eager BatchNorm, and
+folds that never go stale, also for models made of inference tensors (issue 9, item 2)."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+import fusedres
+from fusedres.folding import fold_bn, forget_folds
+
+from .numerics import assert_close_to_reference, model_tol, randomize_bn
+
+
+@pytest.mark.parametrize("groups,bias", [(1, False), (1, True), (4, True)])
+def test_fold_bn_matches_eval_batchnorm_with_large_eps(groups, bias):
+    """Near-zero running variances next to a large eps: the fold's scale is
+    gamma / sqrt(var + eps) only if eps is added where eval-mode BatchNorm adds it (dropping
+    eps, or adding it outside the square root, changes the result by far more than rounding)."""
+    conv = nn.Conv2d(8, 12, 3, padding=1, groups=groups, bias=bias)
+    bn = nn.BatchNorm2d(12, eps=0.5).eval()
+    with torch.no_grad():
+        bn.running_mean.normal_(0.0, 0.5)
+        bn.running_var.uniform_(0.0, 2e-6)
+        bn.weight.normal_(1.0, 0.5)
+        bn.bias.normal_(0.0, 0.5)
+    x = torch.randn(2, 8, 7, 9)
+    weight, folded_bias = fold_bn(conv, bn)
+    assert weight.dtype == folded_bias.dtype == torch.float32
+    out = F.conv2d(x, weight, folded_bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+    with torch.no_grad():
+        ref = copy.deepcopy(bn).double().eval()(copy.deepcopy(conv).double()(x.double()))
+    assert_close_to_reference(out, ref, 1e-5, "folded conv vs eager conv + bn.eval()")
+
+
+def _built_in_inference_mode(name="resnet18"):
+    """A fused model whose every parameter and buffer is an inference tensor, as serving code
+    gets by building or loading the model under ``torch.inference_mode()``."""
+    with torch.inference_mode():
+        fused = fusedres.fuse(randomize_bn(getattr(torchvision.models, name)()).eval())
+    assert all(t.is_inference() for t in fused.state_dict().values())
+    return fused
+
+
+def _float64_reference(fused, x):
+    """torchvision's eager model holding ``fused``'s current state, in float64."""
+    eager = torchvision.models.resnet18().eval()
+    eager.load_state_dict({k: v.clone() for k, v in fused.state_dict().items()})
+    with torch.no_grad():
+        return eager.double()(x.double())
+
+
+class TestInferenceTensorModel:
+    """Issue 9, item 2: a model made under inference_mode runs, and is never stale except for
+    the documented case (in-place edits inside inference_mode, see folding.TensorWatch)."""
+
+    @pytest.fixture(autouse=True)
+    def torch_path(self, monkeypatch):
+        # The fold cache is the same on every backend; the torch path keeps this fast.
+        monkeypatch.setattr(fusedres.kernels, "INTERPRETED", False)
+
+    def _check(self, fused, x, mode):
+        with mode():
+            out = fused(x)
+        assert_close_to_reference(out, _float64_reference(fused, x), model_tol())
+
+    @pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
+    def test_runs_in_and_out_of_inference_mode(self, mode):
+        self._check(_built_in_inference_mode(), torch.randn(2, 3, 32, 32), mode)
+
+    def test_replaced_tensors_are_seen(self):
+        fused = _built_in_inference_mode()
+        x = torch.randn(1, 3, 32, 32)
+        self._check(fused, x, torch.inference_mode)
+        other = randomize_bn(torchvision.models.resnet18()).state_dict()
+        with torch.inference_mode():
+            fused.load_state_dict(other, assign=True)
+        self._check(fused, x, torch.inference_mode)
+        with torch.inference_mode():
+            fused.double().float()  # new storages for every tensor, rounded on the way
+        self._check(fused, x, torch.inference_mode)
+
+    def test_normal_tensors_edited_inside_inference_mode_are_seen(self):
+        fused = fusedres.fuse(randomize_bn(torchvision.models.resnet18()).eval())
+        x = torch.randn(1, 3, 32, 32)
+        self._check(fused, x, torch.inference_mode)
+        with torch.inference_mode():
+            fused.layer2[0].downsample[1].running_var.mul_(3.0)
+            fused.layer3[1].conv2.weight.neg_()
+        self._check(fused, x, torch.inference_mode)
+
+    def test_forget_folds_after_editing_inference_tensors_in_place(self):
+        fused = _built_in_inference_mode()
+        x = torch.randn(1, 3, 32, 32)
+        self._check(fused, x, torch.inference_mode)
+        with torch.inference_mode():
+            fused.load_state_dict(randomize_bn(torchvision.models.resnet18()).state_dict())
+        forget_folds(fused)
+        self._check(fused, x, torch.inference_mode)
+
+    def test_runner_invalidate_forgets_folds(self):
+        """``invalidate()`` must reach the folded weights too, or re-capturing would replay
+        the stale ones."""
+        fused = _built_in_inference_mode()
+        x = torch.randn(1, 3, 32, 32)
+        self._check(fused, x, torch.inference_mode)
+        with torch.inference_mode():
+            fused.conv1.weight.neg_()
+        fusedres.CUDAGraphRunner(fused).invalidate()
+        self._check(fused, x, torch.inference_mode)
