@@ -40,11 +40,12 @@ def _conv_bn_act_fake(x, weight, bias, residual, shortcut_x, shortcut_weight, ke
                       stride, padding, dilation, groups, shortcut_stride, shortcut_pool, relu,
                       allow_tf32):
     from . import kernels  # lazily, as in _conv_bn_act
-    kh, kw = kernel_size
-    n, _, h, w = x.shape
-    size = kernels.conv_output_size
-    oh, ow = size(h, kh, stride, padding, dilation), size(w, kw, stride, padding, dilation)
-    return torch.empty((n, weight.shape[1], oh, ow), dtype=x.dtype, device=x.device,
+    shortcut = None if shortcut_x is None else kernels.Shortcut(
+        *shortcut_x.shape[1:], shortcut_stride, shortcut_pool)
+    geometry = kernels.ConvGeometry(*x.shape, weight.shape[1], tuple(kernel_size), stride,
+                                    padding, dilation, groups, relu, residual is not None,
+                                    shortcut, x.dtype)
+    return torch.empty(geometry.output_shape, dtype=x.dtype, device=x.device,
                        memory_format=torch.channels_last)
 
 

@@ -13,7 +13,7 @@ from fusedres.cuda_graphs import LRU, CUDAGraphRunner, ModelWatch, _Captured, bu
 
 from .conftest import TF32
 from .numerics import assert_close_to_reference, model_tol, randomize_bn
-from .test_compile import TOL, _models
+from .test_library import TOL, _models
 from .test_folding import _built_in_inference_mode, _float64_reference
 
 

@@ -97,6 +97,20 @@ with torch.no_grad():
 """
 
 
+def _load_and_run_in_a_fresh_process(program_path, x, folder):
+    """The output of the saved program ``program_path`` on ``x``, loaded and run by
+    ``_LOAD_AND_RUN`` in a new Python process."""
+    torch.save(x, folder / "x.pt")
+    done = subprocess.run(
+        [sys.executable, "-c", _LOAD_AND_RUN, str(program_path), str(folder / "x.pt"),
+         str(folder / "out.pt")],
+        capture_output=True, text=True, timeout=300, cwd=folder,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [
+            str(ROOT), os.environ.get("PYTHONPATH")]))})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return torch.load(folder / "out.pt")
+
+
 def test_export_save_load_in_a_fresh_process(tmp_path):
     if not fusedres.ops.uses_triton(torch.empty(0, device=DEVICE)):
         pytest.skip("the Triton path needs a GPU or TRITON_INTERPRET=1")
@@ -109,15 +123,7 @@ def test_export_save_load_in_a_fresh_process(tmp_path):
         here = program.module()(x)
     assert any(n.target is torch.ops.fusedres.conv_bn_act.default for n in program.graph.nodes)
     torch.export.save(program, tmp_path / "model.pt2")
-    torch.save(x, tmp_path / "x.pt")
-    done = subprocess.run(
-        [sys.executable, "-c", _LOAD_AND_RUN, str(tmp_path / "model.pt2"),
-         str(tmp_path / "x.pt"), str(tmp_path / "out.pt")],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [
-            str(ROOT), os.environ.get("PYTHONPATH")]))})
-    assert done.returncode == 0, done.stderr[-3000:]
-    there = torch.load(tmp_path / "out.pt")
+    there = _load_and_run_in_a_fresh_process(tmp_path / "model.pt2", x, tmp_path)
     if DEVICE.type == "cpu":  # the same interpreted kernels: the same bits
         torch.testing.assert_close(there, here, rtol=0, atol=0)
     eager = torchvision.models.ResNet(torchvision.models.resnet.BasicBlock, [1, 1, 1, 1],
@@ -158,15 +164,7 @@ def test_program_exported_with_the_old_operator_name_loads(tmp_path):
         saved = b"".join(archive.read(name) for name in archive.namelist())
     assert re.search(rb'"target":\s*"torch\.ops\.fusedres\.fused_launch\.default"', saved), \
         "the archive does not call the operator by its old name"
-    torch.save(x, tmp_path / "x.pt")
-    done = subprocess.run(
-        [sys.executable, "-c", _LOAD_AND_RUN, str(tmp_path / "old.pt2"),
-         str(tmp_path / "x.pt"), str(tmp_path / "out.pt")],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [
-            str(ROOT), os.environ.get("PYTHONPATH")]))})
-    assert done.returncode == 0, done.stderr[-3000:]
-    there = torch.load(tmp_path / "out.pt")
+    there = _load_and_run_in_a_fresh_process(tmp_path / "old.pt2", x, tmp_path)
     if DEVICE.type == "cpu":  # the same interpreted kernel: the same bits
         torch.testing.assert_close(there, here, rtol=0, atol=0)
     with torch.no_grad():
