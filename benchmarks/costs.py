@@ -10,28 +10,28 @@ from fusedres.kernels import ConvGeometry
 _BYTES = {"torch.float16": 2, "torch.bfloat16": 2, "torch.float32": 4}
 
 
-def launch_flops(spec: ConvGeometry) -> int:
+def launch_flops(geometry: ConvGeometry) -> int:
     """2 x multiply-adds of the convolution and its fused 1x1 shortcut."""
-    kh, kw = spec.kernel_size
-    oh, ow = spec.output_size
-    pixels = spec.batch * oh * ow
-    flops = 2 * pixels * spec.c_out * kh * kw * spec.c_in // spec.groups
-    if spec.shortcut is not None:
-        flops += 2 * pixels * spec.c_out * spec.shortcut.channels
+    kh, kw = geometry.kernel_size
+    oh, ow = geometry.output_size
+    pixels = geometry.batch * oh * ow
+    flops = 2 * pixels * geometry.c_out * kh * kw * geometry.c_in // geometry.groups
+    if geometry.shortcut is not None:
+        flops += 2 * pixels * geometry.c_out * geometry.shortcut.channels
     return flops
 
 
-def launch_bytes(spec: ConvGeometry) -> int:
-    kh, kw = spec.kernel_size
-    oh, ow = spec.output_size
-    elements = (spec.batch * spec.height * spec.width * spec.c_in          # input
-                + kh * kw * spec.c_in // spec.groups * spec.c_out          # weight
-                + spec.batch * oh * ow * spec.c_out * (2 if spec.residual else 1))
-    if spec.shortcut is not None:
-        short = spec.shortcut
-        elements += (spec.batch * short.height * short.width * short.channels
-                     + short.channels * spec.c_out)
-    return elements * _BYTES[str(spec.dtype)] + 4 * spec.c_out              # + fp32 bias
+def launch_bytes(geometry: ConvGeometry) -> int:
+    kh, kw = geometry.kernel_size
+    oh, ow = geometry.output_size
+    elements = (geometry.batch * geometry.height * geometry.width * geometry.c_in          # input
+                + kh * kw * geometry.c_in // geometry.groups * geometry.c_out          # weight
+                + geometry.batch * oh * ow * geometry.c_out * (2 if geometry.residual else 1))
+    if geometry.shortcut is not None:
+        short = geometry.shortcut
+        elements += (geometry.batch * short.height * short.width * short.channels
+                     + short.channels * geometry.c_out)
+    return elements * _BYTES[str(geometry.dtype)] + 4 * geometry.c_out              # + fp32 bias
 
 
 def throughput(items: int, seconds: float, flops: int, nbytes: int, unit: str) -> dict:

@@ -18,20 +18,21 @@ from fusedres.trace import trace_launches, unique
 TRACE = (256, 224, torch.float16) if torch.cuda.is_available() else (1, 224, torch.float32)
 
 
-def layer_id(spec) -> str:
-    kh, kw = spec.kernel_size
-    text = f"{spec.c_in}x{spec.height}x{spec.width}-{spec.c_out}-k{kh}s{spec.stride}"
-    if spec.shortcut is not None:
-        text += f"-sc{spec.shortcut.channels}s{spec.shortcut.stride}"
-    return text + ("-res" if spec.residual else "")
+def layer_id(geometry) -> str:
+    kh, kw = geometry.kernel_size
+    text = (f"{geometry.c_in}x{geometry.height}x{geometry.width}-{geometry.c_out}"
+            f"-k{kh}s{geometry.stride}")
+    if geometry.shortcut is not None:
+        text += f"-sc{geometry.shortcut.channels}s{geometry.shortcut.stride}"
+    return text + ("-res" if geometry.residual else "")
 
 
 def _layer_specs():
     batch, size, dtype = TRACE
-    specs = []
+    geometries = []
     for model in (fusedres.resnet18(), fusedres.resnet50()):
-        specs += trace_launches(model, batch, (size, size), dtype)
-    return {layer_id(spec): spec for spec in unique(specs)}
+        geometries += trace_launches(model, batch, (size, size), dtype)
+    return {layer_id(geometry): geometry for geometry in unique(geometries)}
 
 
 LAYERS = _layer_specs()
@@ -49,26 +50,26 @@ def _conv_bn(c_in, c_out, kernel_size, stride, padding, dilation, groups, device
             bn.to(device, dtype).eval())
 
 
-def layer_contenders(spec, device):
+def layer_contenders(geometry, device):
     """``{"eager": ..., "fused": ...}`` for one launch geometry, on random inputs."""
-    dtype, cl = spec.dtype, torch.channels_last
+    dtype, cl = geometry.dtype, torch.channels_last
     torch.manual_seed(0)
-    conv, bn = _conv_bn(spec.c_in, spec.c_out, spec.kernel_size, spec.stride, spec.padding,
-                        spec.dilation, spec.groups, device, dtype)
-    x = torch.randn(spec.batch, spec.c_in, spec.height, spec.width, device=device,
+    conv, bn = _conv_bn(geometry.c_in, geometry.c_out, geometry.kernel_size, geometry.stride,
+                        geometry.padding, geometry.dilation, geometry.groups, device, dtype)
+    x = torch.randn(geometry.batch, geometry.c_in, geometry.height, geometry.width, device=device,
                     dtype=dtype).contiguous(memory_format=cl)
-    oh, ow = spec.output_size
+    oh, ow = geometry.output_size
     residual = shortcut = None
-    if spec.residual:
-        residual = torch.randn(spec.batch, spec.c_out, oh, ow, device=device,
+    if geometry.residual:
+        residual = torch.randn(geometry.batch, geometry.c_out, oh, ow, device=device,
                                dtype=dtype).contiguous(memory_format=cl)
-    if spec.shortcut is not None:
-        c_s, hs, ws, stride_s, _ = spec.shortcut
-        conv_s, bn_s = _conv_bn(c_s, spec.c_out, 1, stride_s, 0, 1, 1, device, dtype)
-        xs = torch.randn(spec.batch, c_s, hs, ws, device=device,
+    if geometry.shortcut is not None:
+        c_s, hs, ws, stride_s, _ = geometry.shortcut
+        conv_s, bn_s = _conv_bn(c_s, geometry.c_out, 1, stride_s, 0, 1, 1, device, dtype)
+        xs = torch.randn(geometry.batch, c_s, hs, ws, device=device,
                          dtype=dtype).contiguous(memory_format=cl)
         shortcut = (conv_s, bn_s, xs)
-    act = torch.relu if spec.relu else (lambda y: y)
+    act = torch.relu if geometry.relu else (lambda y: y)
     cache = FoldCache()
 
     def eager():
@@ -82,24 +83,24 @@ def layer_contenders(spec, device):
 
     def fused():
         with torch.inference_mode():
-            return ops.conv_bn_act(x, conv, bn, cache, relu=spec.relu, residual=residual,
+            return ops.conv_bn_act(x, conv, bn, cache, relu=geometry.relu, residual=residual,
                                    shortcut=shortcut)
 
     return {"eager": eager, "fused": fused}
 
 
-def chosen_config(spec):
-    """The config the GPU launch of ``spec`` ran with in this process ("-" on CPU)."""
-    config = launcher.chosen_config(spec, cudnn_allows_tf32())
+def chosen_config(geometry):
+    """The config the GPU launch of ``geometry`` ran with in this process ("-" on CPU)."""
+    config = launcher.chosen_config(geometry, cudnn_allows_tf32())
     return config.describe() if config is not None else "-"
 
 
 @pytest.mark.parametrize("layer", list(LAYERS))
 def test_layer(measure_pair, device, layer):
-    spec = LAYERS[layer]
-    flops, nbytes = costs.launch_flops(spec), costs.launch_bytes(spec)
-    oh, ow = spec.output_size
-    outputs = spec.batch * oh * ow * spec.c_out
-    measure_pair(layer_contenders(spec, device),
+    geometry = LAYERS[layer]
+    flops, nbytes = costs.launch_flops(geometry), costs.launch_bytes(geometry)
+    oh, ow = geometry.output_size
+    outputs = geometry.batch * oh * ow * geometry.c_out
+    measure_pair(layer_contenders(geometry, device),
                  lambda median: {**costs.throughput(outputs, median, flops, nbytes, "outputs"),
-                                 "config": chosen_config(spec)})
+                                 "config": chosen_config(geometry)})

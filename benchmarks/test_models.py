@@ -50,9 +50,9 @@ def model_costs(model, batch, size, dtype):
     """(FLOPs, fused-floor bytes) of one forward: every fused launch plus the classifier."""
     with torch.device("meta"):
         fused = model_names.create_fused(model)
-    specs = trace_launches(fused, batch, (size, size), dtype)
+    geometries = trace_launches(fused, batch, (size, size), dtype)
     fc = 2 * batch * fused.fc.in_features * fused.fc.out_features
-    return (sum(map(costs.launch_flops, specs)) + fc, sum(map(costs.launch_bytes, specs)))
+    return (sum(map(costs.launch_flops, geometries)) + fc, sum(map(costs.launch_bytes, geometries)))
 
 
 def test_model(measure_pair, device, use_compile, model, dtype, batch, size):

@@ -2,7 +2,7 @@
 own JIT, so the result lands in Triton's cache under the very key the launch looks up.
 
 A job is one traced launch (a ``ConvGeometry``) with one config, for one target
-architecture.  Each job is compiled by ``compile_ahead`` in the kernel module, which calls
+architecture.  Each job is compiled by ``compile_ahead`` in kernels/conv/launcher.py, which calls
 the JIT's ``warmup``: the same binder, specialisation, constexprs and options as a real
 launch, with mock pointers in place of tensors.  Nothing here re-derives Triton's cache key;
 the test suite checks that a warm-up and a real launch produce the same key

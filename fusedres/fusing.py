@@ -32,8 +32,8 @@ def fuse(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     default) the model is deep-copied first; with ``inplace=True`` the fused model shares the
     input's submodules and parameters (no copy, and the original must not be used for
     something else).  Anything that is not a torchvision-style ResNet raises
-    ``UnsupportedModelError`` naming the part, as does a convolution or BatchNorm that is a
-    subclass of ``nn.Conv2d`` / ``nn.BatchNorm2d`` (see ``fusedres.supported.check_foldable``);
+    ``UnsupportedModelError`` naming the part, as does a convolution, BatchNorm or ReLU that is
+    a subclass of ``nn.Conv2d`` / ``nn.BatchNorm2d`` / ``nn.ReLU`` (``fusedres.supported``);
     the whole model is checked before anything is changed, so when ``fuse`` raises, the input
     model is untouched in both modes.
     """

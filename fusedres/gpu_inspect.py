@@ -23,7 +23,7 @@ from .aot import TENSOR_CORE_OPS, CompileResult, Job
 from .cli import positive_int
 from .kernels import cudnn_allows_tf32
 from .kernels import ConvConfig, ConvGeometry
-from .kernels.conv import launcher
+from .kernels.conv import configs, launcher
 from . import model_names
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -47,7 +47,7 @@ class Row(NamedTuple):
 # ---------------------------------------------------------------- what would launch
 
 def specialisations(model_name, dtype, batch=256, size=(224, 224)):
-    """The distinct LaunchSpecs of one forward of the fused ``model_name`` (a
+    """The distinct ConvGeometries of one forward of the fused ``model_name`` (a
     ``fusedres.model_names`` name; traced on meta)."""
     with torch.device("meta"):
         model = model_names.create_fused(model_name)
@@ -190,7 +190,8 @@ def row_record(row, allow_tf32):
     r, ratio = row.result, issue_per_kfma(row)
     return {
         "geometry": row.geometry.describe(), "config": row.config.describe(),
-        "variant": row.config.variant(),
+        "walk": configs.walk(row.config, row.geometry.scalars(False, interpreted=False)[1]),
+        "variant": row.config.options(),
         "registers": r.registers, "spill_bytes": r.stack_bytes, "shared_bytes": r.shared_bytes,
         "mma": r.tensor_core or "none", "loop_instructions": r.loop_instructions,
         "mma_per_step": r.mma_per_step,

@@ -84,13 +84,15 @@ def add_arguments(parser):
 def run(args) -> int:
     from .gpu_inspect import ARCHES, DTYPES, check_triton_version, specialisations, stderr_progress
     check_triton_version()
-    sms = None  # --arch: the arch's usual card
-    if args.arch is not None:
-        arch = ARCHES[args.arch]
-    elif torch.cuda.is_available():
+    here = None
+    if torch.cuda.is_available():
         major, minor = torch.cuda.get_device_capability()
-        arch, sms = major * 10 + minor, sm_count(torch.device("cuda"))
-    else:
+        here = major * 10 + minor
+    # Split-K candidates follow the SM count: this GPU's where it is the target, else the
+    # usual card's of the named arch.
+    arch = ARCHES[args.arch] if args.arch is not None else here
+    sms = sm_count(torch.device("cuda")) if arch is not None and arch == here else None
+    if arch is None:
         print("fusedres warmup: no CUDA device here; name a target with --arch "
               "(the CPU path compiles nothing)", file=sys.stderr)
         return 2

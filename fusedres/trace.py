@@ -27,10 +27,10 @@ def note(geometry: ConvGeometry) -> None:
 @contextlib.contextmanager
 def record_geometries():
     """Collect the ConvGeometry of every fused step run inside the block (in call order)."""
-    specs = []
-    _active.append(specs)
+    geometries = []
+    _active.append(geometries)
     try:
-        yield specs
+        yield geometries
     finally:
         _active.pop()
 
@@ -40,11 +40,11 @@ def trace_launches(model, batch=1, size=(224, 224), dtype=torch.float16):
     copy of it; ``model`` itself is not touched."""
     meta = copy.deepcopy(model).to(device="meta", dtype=dtype).eval()
     x = torch.empty(batch, 3, *size, device="meta", dtype=dtype)
-    with torch.no_grad(), record_geometries() as specs:
+    with torch.no_grad(), record_geometries() as geometries:
         meta(x)
-    return specs
+    return geometries
 
 
-def unique(specs):
+def unique(geometries):
     """Distinct geometries, first occurrence order."""
-    return list(dict.fromkeys(specs))
+    return list(dict.fromkeys(geometries))

@@ -70,6 +70,13 @@ def device():
     return DEVICE
 
 
+@pytest.fixture
+def torch_path(monkeypatch):
+    """The CPU torch path instead of the interpreted kernels, for tests of what does not
+    depend on the backend (fold caches, bookkeeping, error messages): it keeps them fast."""
+    monkeypatch.setattr(fusedres.kernels, "INTERPRETED", False)
+
+
 @pytest.fixture(params=["triton", "torch"])
 def backend(request, monkeypatch):
     """Forces the backend: 'torch' is the CPU path without the interpreter.  Afterwards it

@@ -17,10 +17,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Run without the interpreter (the JIT computes real cache keys) and with a stand-in driver
 # for sm_90 (the launcher told it runs there, so the sm_90-only candidates, TMA tiles, are
-# among them, and sized for its usual 132 SMs): for each model, the keys of every kernel `fusedres warmup` compiles, and the
-# keys of every kernel a forward on real tensors launches with a fresh tuner (which launches
-# each candidate once to time it, so every candidate's key appears).  Both are collected
-# through Triton's jit_cache_hook, which also skips the compiles.
+# among them, and split-K is sized for the usual 132 SMs): for each model, the keys of every
+# kernel `fusedres warmup` compiles, and the keys of every kernel a forward on real tensors
+# launches with a fresh tuner (which launches each candidate once to time it, so every
+# candidate's key appears).  Both are collected through Triton's jit_cache_hook, which also
+# skips the compiles.
 _KEYS_SCRIPT = textwrap.dedent("""
     import json, os, sys, tempfile
     import torch
@@ -38,29 +39,29 @@ _KEYS_SCRIPT = textwrap.dedent("""
         dtype = getattr(torch, dtype)
         model = getattr(fusedres, name)().eval().to(dtype)
         batch, size = 8, (224, 224)
-        specs = trace.unique(trace.trace_launches(model, batch, size, dtype))
+        geometries = trace.unique(trace.trace_launches(model, batch, size, dtype))
         with aot.target_driver(90), aot.jit_cache_keys() as warm:
-            for spec in specs:
-                for config in aot.candidate_configs(spec, arch=90):
-                    aot.compile_here(aot.Job(spec, config, 90, cudnn_allows_tf32()))
+            for geometry in geometries:
+                for config in aot.candidate_configs(geometry, arch=90):
+                    aot.compile_here(aot.Job(geometry, config, 90, cudnn_allows_tf32()))
         os.environ["TRITON_CACHE_DIR"] = tempfile.mkdtemp()   # nothing tuned yet
         launcher.forget_choices()
         x = torch.randn(batch, 3, *size, dtype=dtype)
         with aot.target_driver(90), aot.jit_cache_keys() as launched, torch.inference_mode():
             model(x)
-        configs = [c for spec in specs for c in aot.candidate_configs(spec, arch=90)]
+        configs = [c for geometry in geometries for c in aot.candidate_configs(geometry, arch=90)]
         # A split-K config compiles two kernels: the convolution and its epilogue.
-        report.append(dict(model=name, dtype=str(dtype), geometries=len(specs),
+        report.append(dict(model=name, dtype=str(dtype), geometries=len(geometries),
                            jobs=len(configs), split=sum(c.split_k > 1 for c in configs),
                            tma=sum(c.tma for c in configs),
                            patches=sum(c.patch_w > 0 for c in configs),
                            warm=warm, launched=launched))
     # Targets in turn in one process (as a worker that gets jobs for both): each compile
     # must be for its own target.
-    spec = specs[-1]
+    geometry = geometries[-1]
     with aot.jit_cache_keys() as targets:
         for arch in (80, 90, 80):
-            aot.compile_here(aot.Job(spec, aot.candidate_configs(spec)[0], arch, True))
+            aot.compile_here(aot.Job(geometry, aot.candidate_configs(geometry)[0], arch, True))
     json.dump(dict(models=report, targets=[key.split("|")[0] for key in targets]), sys.stdout)
 """)
 
@@ -85,7 +86,8 @@ def test_warmup_compiles_exactly_the_keys_the_launches_look_up(tmp_path):
         assert len(case["warm"]) == case["jobs"] + case["split"], label
         assert case["jobs"] > case["geometries"] * 3 and case["split"] > 0, label
         if case["dtype"] == "torch.float16":  # TMA: 1x1 rows (ResNet-50) and 3x3 patches
-            assert case["patches"] > 0 and case["tma"] > case["patches"] * (label == "resnet50"), label
+            assert case["patches"] > 0, label
+            assert case["tma"] > case["patches"] * (label == "resnet50"), label
         # ...for sm_90, and the launches looked up exactly those keys: nothing missing,
         # nothing extra.
         assert all(key.startswith("sm90|") for key in warm), label

@@ -14,7 +14,7 @@ from fusedres import FusedConvBN
 from fusedres.folding import FoldCache
 
 from .numerics import conv_bn_pair
-from .test_cuda_graphs import CPUGraphRunner, tiny_fused_model, torch_path  # noqa: F401
+from .test_cuda_graphs import CPUGraphRunner, tiny_fused_model
 
 CALLS = 10_000
 WARMUP = 500
@@ -47,7 +47,7 @@ def one_thread():
 
 
 @pytest.mark.parametrize("through", ["model", "runner"])
-def test_memory_flat_over_10000_calls(through, seed, torch_path, one_thread):  # noqa: F811
+def test_memory_flat_over_10000_calls(through, seed, torch_path, one_thread):
     model = tiny_fused_model()
     # 7 buckets, room for 6 graphs: the rare small batches keep evicting each other.
     runner = None if through == "model" else CPUGraphRunner(

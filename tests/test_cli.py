@@ -49,7 +49,8 @@ class TestBenchCommandLine:
 
 
 class TestHelpDoesNotImportTorch:
-    """Issue 9, item 10: ``fusedres --help`` took 7 s importing torch it does not need."""
+    """``fusedres --help`` imports no torch: it has nothing to compute, and importing torch
+    costs seconds."""
 
     @staticmethod
     def _imports_torch(setup):

@@ -1,5 +1,5 @@
 """``fusedres.CUDAGraphRunner``: its bounds (LRU of captured graphs), batch-size bucketing,
-its staleness checks (``ModelWatch``, full and cheap; issue 15, issue 9 item 4), and replays
+its staleness checks (``ModelWatch``, full and cheap), and replays
 against eager.  The bookkeeping runs on CPU with a stand-in for graph capture
 (``CPUGraphRunner``); the same behaviour with real CUDA graphs is GPU-marked.  CUDA graphs
 inside ``torch.compile(mode="reduce-overhead")``: tests/test_library.py."""
@@ -54,11 +54,6 @@ def tiny_fused_model():
                           fusedres.FusedBasicBlock(8, 16, stride=2, downsample=downsample),
                           nn.AdaptiveAvgPool2d(1), nn.Flatten())
     return randomize_bn(model).eval()
-
-
-@pytest.fixture
-def torch_path(monkeypatch):
-    monkeypatch.setattr(fusedres.kernels, "INTERPRETED", False)
 
 
 class TestLRU:

@@ -1,5 +1,5 @@
 """BatchNorm folding (``fusedres.folding``): the folded weights against eager BatchNorm, and
-folds that never go stale, also for models made of inference tensors (issue 9, item 2)."""
+folds that never go stale, also for models made of inference tensors."""
 import copy
 
 import pytest
@@ -53,13 +53,12 @@ def _float64_reference(fused, x):
 
 
 class TestInferenceTensorModel:
-    """Issue 9, item 2: a model made under inference_mode runs, and is never stale except for
-    the documented case (in-place edits inside inference_mode, see folding.TensorWatch)."""
+    """A model made under inference_mode runs, and is never stale except for the documented
+    case (in-place edits inside inference_mode, see folding.TensorWatch)."""
 
     @pytest.fixture(autouse=True)
-    def torch_path(self, monkeypatch):
-        # The fold cache is the same on every backend; the torch path keeps this fast.
-        monkeypatch.setattr(fusedres.kernels, "INTERPRETED", False)
+    def _torch_path(self, torch_path):
+        """The fold cache is the same on every backend."""
 
     def _check(self, fused, x, mode):
         with mode():

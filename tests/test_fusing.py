@@ -89,7 +89,7 @@ class TestFuseLeavesModelUntouchedOnError:
             assert p is params[name], name
 
 
-# ---------------------------------------------------------------- subclasses (issue 20)
+# ---------------------------------------------------------------- subclasses
 # The fused launch computes nn.Conv2d / nn.BatchNorm2d / nn.ReLU from their parameters and
 # never calls their forward, so a subclass that changes forward would be fused silently
 # wrong: both converters and FusedConvBN accept the exact classes only (fusedres.supported).

@@ -220,8 +220,9 @@ def test_json_rows_carry_the_cost_model(compiled_cases, tmp_path, capsys):
     assert gpu_inspect.run(_parse("--model", "resnet18", "--dtype", "float16", "--arch", "sm_90",
                                   "--json", str(path))) == 0
     rows = json.loads(path.read_text())
-    fields = {"geometry", "config", "variant", "registers", "spill_bytes", "shared_bytes", "mma",
-              "loop_instructions", "issue_per_kfma", "tma", "serialised_mma", "programs"}
+    fields = {"geometry", "config", "walk", "variant", "registers", "spill_bytes",
+              "shared_bytes", "mma", "loop_instructions", "issue_per_kfma", "tma",
+              "serialised_mma", "programs"}
     assert all(fields <= set(row) for row in rows)
     wgmma = [row for row in rows if row["mma"] == "wgmma"]
     assert wgmma and all(row["issue_per_kfma"] > 0 for row in wgmma)
@@ -231,9 +232,9 @@ def test_json_rows_carry_the_cost_model(compiled_cases, tmp_path, capsys):
     # step than the recomputed walk's best.
     best = {}
     for row in wgmma:
-        key = (row["geometry"], row["variant"])
+        key = (row["geometry"], row["walk"])
         best[key] = min(best.get(key, float("inf")), row["issue_per_kfma"])
-    padded = [g for g, variant in best if variant == "taps-recomputed"]
+    padded = [g for g, walk in best if walk == "taps-recomputed"]
     assert padded and all(best[g, "taps"] < best[g, "taps-recomputed"] for g in padded)
     assert "best candidate per geometry" in capsys.readouterr().out
 

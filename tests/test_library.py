@@ -68,25 +68,30 @@ def _op_samples(dtype=torch.float32):
     samples = []
     for name in ("resnet18", "resnet50"):
         model = getattr(fusedres, name)().eval()
-        for spec in trace.unique(trace.trace_launches(model, batch=1, size=(24, 20), dtype=dtype)):
-            conv, bn = conv_bn_pair(spec.c_in, spec.c_out, spec.kernel_size, spec.stride,
-                                    spec.padding, spec.dilation, spec.groups)
+        traced = trace.trace_launches(model, batch=1, size=(24, 20), dtype=dtype)
+        for geometry in trace.unique(traced):
+            conv, bn = conv_bn_pair(geometry.c_in, geometry.c_out, geometry.kernel_size,
+                                    geometry.stride, geometry.padding, geometry.dilation,
+                                    geometry.groups)
             pairs = [(conv, bn)]
-            x = torch.randn(spec.batch, spec.c_in, spec.height, spec.width, dtype=dtype)
+            x = torch.randn(geometry.batch, geometry.c_in, geometry.height, geometry.width,
+                            dtype=dtype)
             xs = None
-            short = spec.shortcut
+            short = geometry.shortcut
             if short is not None:
-                pairs.append(conv_bn_pair(short.channels, spec.c_out, 1,
+                pairs.append(conv_bn_pair(short.channels, geometry.c_out, 1,
                                           1 if short.pool else short.stride))
-                xs = torch.randn(spec.batch, short.channels, short.height, short.width,
+                xs = torch.randn(geometry.batch, short.channels, short.height, short.width,
                                  dtype=dtype)
             folded = build_folded(pairs, dtype, torch.device("cpu"), packed=True)
-            residual = torch.randn(spec.output_shape, dtype=dtype) if spec.residual else None
-            samples.append((spec, (
+            residual = (torch.randn(geometry.output_shape, dtype=dtype) if geometry.residual
+                        else None)
+            samples.append((geometry, (
                 x, folded.weight, folded.bias, residual, xs, folded.shortcut_weight,
-                list(spec.kernel_size), spec.stride, spec.padding, spec.dilation, spec.groups,
+                list(geometry.kernel_size), geometry.stride, geometry.padding,
+                geometry.dilation, geometry.groups,
                 1 if short is None else short.stride, short is not None and short.pool,
-                spec.relu, False)))
+                geometry.relu, False)))
     return samples
 
 
@@ -95,13 +100,13 @@ def test_fake_implementation_matches_real_for_every_launch():
         pytest.skip("the real operator needs a GPU or TRITON_INTERPRET=1")
     samples = _op_samples()
     assert len(samples) > 20
-    for spec, args in samples:
+    for geometry, args in samples:
         real = torch.ops.fusedres.conv_bn_act(*args)
         with FakeTensorMode() as mode:
             fake_args = [mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args]
             fake = torch.ops.fusedres.conv_bn_act(*fake_args)
         assert (fake.shape, fake.dtype, fake.stride()) == (real.shape, real.dtype, real.stride()), \
-            spec.describe()
+            geometry.describe()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)

@@ -185,10 +185,6 @@ def test_bad_weights_argument():
 class TestInputDtypeDiffersFromModel:
     """Issue 9, item 10: the dtype mismatch is named at the first fused step, not at ``fc``."""
 
-    @pytest.fixture
-    def torch_path(self, monkeypatch):
-        monkeypatch.setattr(fusedres.kernels, "INTERPRETED", False)
-
     @pytest.mark.parametrize("model_dtype,input_dtype", [(torch.float32, torch.float16),
                                                          (torch.bfloat16, torch.float32)],
                              ids=str)

@@ -4,7 +4,8 @@
     configs.py       ConvConfig, the tile tables and the candidate policy
     launcher.py      conv_bn_act: checks, config choice, launch (and split-K's second kernel)
     kernel.py        the entry JIT kernel: tile mapping, K range, walks, epilogue
-    walk_*.py        its K walks, @triton.jit helpers Triton inlines
+    walk_*.py        its K walks (taps, gathered, strips, tma, shortcut), @triton.jit
+                     helpers Triton inlines
     dot.py           the tile product the walks accumulate with
     epilogue.py      bias, residual, ReLU and the store
     split_k.py       split-K's reduction + epilogue kernel

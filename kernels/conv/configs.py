@@ -53,29 +53,73 @@ class ConvConfig(NamedTuple):
         return {**self.constexprs(), "num_warps": self.num_warps,
                 "num_stages": self.num_stages}
 
-    def variant(self) -> str:
-        """The K walk and options in words: ``taps``, ``taps-recomputed split-k 4``,
-        ``tma patch 8 swap-ab``, ``strip pad-c 4``, ..."""
-        words = ["taps-recomputed" if self.recompute_taps else "taps"]
-        if self.strip:
-            words = ["strip"]
-        if self.split_k > 1:
-            words.append(f"split-k {self.split_k}")
-        if self.tma:
-            words.append("tma")
-        if self.patch_w:
-            words.append(f"patch {self.patch_w}")
-        if self.swap_ab:
-            words.append("swap-ab")
-        if self.pad_c:
-            words.append(f"pad-c {self.pad_c}")
-        return " ".join(words)
+    def options(self) -> str:
+        """The variant flags that are set, in words: ``recomputed-taps``, ``split-k 4``,
+        ``tma``, ``patch 8``, ``swap-ab``, ``strip``, ``pad-c 4`` ("" for none)."""
+        words = [("recomputed-taps", self.recompute_taps),
+                 (f"split-k {self.split_k}", self.split_k > 1), ("tma", self.tma),
+                 (f"patch {self.patch_w}", self.patch_w), ("swap-ab", self.swap_ab),
+                 ("strip", self.strip), (f"pad-c {self.pad_c}", self.pad_c)]
+        return " ".join(word for word, on in words if on)
 
     def describe(self) -> str:
-        """``128x64x32 w4 s4 taps``: the tile, warps, stages and the variant; what the tuner
-        stores and the reports print."""
+        """``128x64x32 w4 s4``, then ``options()``: the tile, warps, stages and variant flags;
+        what the tuner stores and the reports print."""
         m, n, k = self.tile
-        return f"{m}x{n}x{k} w{self.num_warps} s{self.num_stages} {self.variant()}"
+        return " ".join(filter(None, [f"{m}x{n}x{k} w{self.num_warps} s{self.num_stages}",
+                                      self.options()]))
+
+
+def walk(config, consts):
+    """The K walk a launch of ``config`` runs for a geometry's ``consts`` (the helper in
+    kernels/conv/ that holds it): ``taps``, ``taps-recomputed``, ``gathered``, ``strips``,
+    ``tma-rows`` or ``tma-patches``."""
+    if config.tma:
+        return "tma-patches" if config.patch_w else "tma-rows"
+    if consts["GATHER_K"]:
+        return "strips" if config.strip else "gathered"
+    return "taps-recomputed" if config.recompute_taps else "taps"
+
+
+def check_config(config, consts, element_size):
+    """Raise ValueError naming the field unless ``config`` can run a launch of ``consts``
+    (the geometry's constexprs) in activations of ``element_size`` bytes: a caller's explicit
+    config is checked here, before anything reaches Triton."""
+    def refuse(field, why):
+        raise ValueError(f"config {config.describe()!r}: {field} {why}")
+
+    for field in ("block_m", "block_n", "block_k"):
+        size = getattr(config, field)
+        if size < 1 or size & (size - 1):
+            refuse(field, f"must be a power of two, got {size}")
+    if config.block_k < 16:
+        refuse("block_k", f"must be at least 16 (tl.dot's smallest K), got {config.block_k}")
+    if config.pad_c:
+        if not can_pad_channels(consts, config.pad_c):
+            refuse("pad_c", "applies to an ungrouped 3-channel input without a shortcut whose "
+                            "padded filter rows fit one strip")
+        consts = dict(consts, C_in=config.pad_c)
+    if config.strip and not uses_strip(consts, config.block_k):
+        refuse("strip", "needs the gathered walk (few input channels), no groups or dilation, "
+                        "and a filter row within block_k")
+    if config.recompute_taps and consts["GATHER_K"]:
+        refuse("recompute_taps", "applies to the tap-major walk only (16 or more input "
+                                 "channels per group)")
+    if not 1 <= config.split_k <= k_steps(consts, config.block_k):
+        refuse("split_k", f"must be between 1 and the {k_steps(consts, config.block_k)} K steps")
+    if config.split_k > 1 and consts["GATHER_K"]:
+        refuse("split_k", "applies to the tap-major walk only")
+    if config.patch_w and (consts["GATHER_K"] or config.block_m % config.patch_w):
+        refuse("patch_w", "needs the tap-major walk and block_m a multiple of it")
+    if config.tma:
+        if (consts["STRIDE"] != 1 or consts["GROUPS"] != 1 or consts["GATHER_K"]
+                or element_size == 4):
+            refuse("tma", "applies to stride-1 ungrouped fp16/bf16 convolutions with 16 or "
+                          "more input channels")
+        if not (is_gemm(consts) or config.patch_w):
+            refuse("tma", "needs patch_w except on 1x1 unpadded convolutions")
+        if config.patch_w and consts["C_in"] % config.block_k:
+            refuse("tma", "patch tiles need C_in a multiple of block_k")
 
 
 def _tiles(*rows):
@@ -113,8 +157,9 @@ _RECOMPUTED_TILES = {2: ((128, 128, 64), (64, 128, 64)), 4: ((128, 128, 32), (64
 # The stem's gathered walk on sm_90 keeps only the tile that won it on an H200 (the strip
 # walk issues half the instructions; this stays the fallback until a GPU run times strips).
 _PROVEN_GATHERED_TILE = (128, 128, 32)
-# A tile count that fills an H100/H200 about twice: below it, smaller tiles win by giving
-# every SM work.
+# A tile count that fills an H100/H200 (132 SMs) about twice: below it, smaller tiles win by
+# giving every SM work.  The default config is a heuristic for when tuning is off, not sized
+# per device.
 _FULL_GRID = 256
 # SMs of the usual card of each architecture, for candidate lists built without a device
 # (``fusedres inspect``/``warmup --arch``); a launch uses its device's own count.

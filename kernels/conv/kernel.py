@@ -9,7 +9,7 @@ constexprs), accumulates the shortcut's K walk into the same fp32 tile, and ends
 epilogue (bias, residual, ReLU) before its only store; with split-K it stores an fp32
 partial tile instead and ``split_k.py`` finishes.
 
-K walks (each a ``@triton.jit`` helper in its own file, inlined by Triton):
+K walks (``@triton.jit`` helpers, one file each but the two TMA walks, inlined by Triton):
   walk_taps        tap-major by pointers (default; RECOMPUTE_TAPS: offsets per step)
   walk_gathered    the flattened walk for few channels per group (GATHER_K)
   walk_strips      the flattened walk as filter-row strips (GATHER_K and STRIP_K: the stem)
@@ -24,8 +24,9 @@ import triton
 import triton.language as tl
 
 from .epilogue import bias_residual_act_store
-from .walk_gathered import walk_gathered, walk_strips
+from .walk_gathered import walk_gathered
 from .walk_shortcut import walk_shortcut
+from .walk_strips import walk_strips
 from .walk_taps import walk_taps
 from .walk_tma import walk_tma_patches, walk_tma_rows
 

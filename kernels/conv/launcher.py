@@ -8,6 +8,7 @@ on a GPU (kernels/autotune.py), or ``configs.default_config`` with FUSEDRES_AUTO
 import contextlib
 import glob
 import os
+import threading
 from typing import NamedTuple, Tuple
 
 import torch
@@ -33,27 +34,31 @@ _TUNER = autotune.Tuner("conv_bn_act", KERNEL_SOURCES)
 
 
 class Launch(NamedTuple):
-    """One kernel launch as it ran: the geometry, the config after the launcher's fallbacks
-    (a misaligned input runs a TMA config by pointers), the grid and the geometry's
-    constexprs as passed (a padded input's ``C_in`` included)."""
+    """One conv kernel launch as it ran: the geometry, the config after the launcher's
+    fallbacks (a misaligned input runs a TMA config by pointers), the K walk that config runs
+    there (``configs.walk``), the grid, and the geometry's constexprs as passed (a padded
+    input's ``C_in`` included)."""
     geometry: ConvGeometry
     config: ConvConfig
+    walk: str
     grid: Tuple[int, ...]
     constexprs: dict
 
 
-_recorders = []  # lists collecting Launches (record_launches)
+_recording = threading.local()  # .lists: the lists record_launches collects into
 
 
 @contextlib.contextmanager
 def record_launches():
-    """Collect a ``Launch`` for every kernel launch inside the block, tuning runs included."""
+    """Collect a ``Launch`` for every conv kernel launch this thread makes inside the block,
+    tuning runs included (split-K's second kernel is part of its launch)."""
     launches = []
-    _recorders.append(launches)
+    lists = _recording.__dict__.setdefault("lists", [])
+    lists.append(launches)
     try:
         yield launches
     finally:
-        _recorders.remove(launches)
+        lists.remove(launches)
 
 
 def conv_bn_act(x, weight, bias, *, kernel_size, stride=1, padding=0, dilation=1, groups=1,
@@ -141,7 +146,8 @@ def conv_bn_act(x, weight, bias, *, kernel_size, stride=1, padding=0, dilation=1
         out = torch.empty(out_shape, device=device, dtype=dtype, memory_format=torch.channels_last)
     else:
         check_activation("out", out, device, dtype)
-        if tuple(out.shape) != out_shape or not out.is_contiguous(memory_format=torch.channels_last):
+        if (tuple(out.shape) != out_shape
+                or not out.is_contiguous(memory_format=torch.channels_last)):
             raise ValueError(f"out must be a channels_last tensor of shape {out_shape}")
         # Programs read inputs other programs overwrite, and the autotuner re-runs the launch.
         sources = [t for t in (x, residual, xs if shortcut is not None else None) if t is not None]
@@ -150,14 +156,15 @@ def conv_bn_act(x, weight, bias, *, kernel_size, stride=1, padding=0, dilation=1
                              "input (the kernel does not compute in place)")
     if config is not None and not isinstance(config, ConvConfig):
         raise TypeError(f"config must be a ConvConfig, got {type(config).__name__}")
-    if n == 0:
-        return out
-
     geometry = ConvGeometry(n, c_in, h, w, c_out, (kh, kw), stride, padding, dilation, groups,
                             relu, residual is not None, short, dtype)
     if allow_tf32 is None:
         allow_tf32 = runtime.cudnn_allows_tf32()
     ints, consts = geometry.scalars(allow_tf32, runtime.INTERPRETED)
+    if config is not None:
+        configs.check_config(config, consts, dtype.itemsize)
+    if n == 0:
+        return out
     m = ints["M"]
     args = (x, weight, bias, xs, ws, residual if residual is not None else out, out, m)
 
@@ -170,8 +177,9 @@ def conv_bn_act(x, weight, bias, *, kernel_size, stride=1, padding=0, dilation=1
         if config.tma and not _tma_ready(x, weight):
             config = config._replace(tma=False)
         grid = (output_tiles(m, consts, config), groups)
-        for recorder in _recorders:
-            recorder.append(Launch(geometry, config, grid, kernel_consts))
+        for launches in getattr(_recording, "lists", ()):
+            launches.append(Launch(geometry, config, configs.walk(config, kernel_consts), grid,
+                                   kernel_consts))
         if config.split_k == 1:
             conv_bn_act_kernel[grid](*kernel_args, **kernel_consts, **config.launch_options())
             return

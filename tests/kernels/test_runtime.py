@@ -56,4 +56,5 @@ def test_device_facts_on_cuda():
     device = torch.device("cuda")
     major, minor = torch.cuda.get_device_capability(device)
     assert runtime.arch(device) == major * 10 + minor
-    assert runtime.sm_count(device) == torch.cuda.get_device_properties(device).multi_processor_count
+    properties = torch.cuda.get_device_properties(device)
+    assert runtime.sm_count(device) == properties.multi_processor_count

@@ -25,7 +25,10 @@ def test_scale_add_act_matches_float64_and_keeps_nan(dtype):
     keep = ~torch.isnan(ref)
     assert_close_to_reference(out[keep], ref[keep], rel_tol(dtype), f"scale_add_act {dtype}")
     linear = scale_add_act(y, gate, residual, relu=False)
-    assert (linear < 0).any()
+    ref = y.to(d) * gate.to(d) + residual.to(d)
+    keep = ~torch.isnan(ref)
+    assert (ref[keep] < 0).any() and torch.isnan(linear[1, 7, 4, 2])
+    assert_close_to_reference(linear[keep], ref[keep], rel_tol(dtype), f"no ReLU {dtype}")
 
 
 def test_scale_add_act_rejects_bad_gate():

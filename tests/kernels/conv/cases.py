@@ -6,6 +6,7 @@ GPU, natively.  A test picks a K walk or variant by handing the launcher an expl
 ``ConvConfig`` (a ``variant`` function of the base config below), and reads back what ran
 from ``record_launches``.
 """
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -160,3 +161,49 @@ def assert_special_values_match(out, ref, tol, what):
     assert torch.equal(out.isinf(), ref.isinf()), what
     finite = ref.isfinite()
     assert_close_to_reference(out[finite], ref[finite], tol, what)
+
+
+def check_nan_and_inf(where, variant):
+    """Masked loads fill with 0 only outside the tensors (padding, partial tiles): a real NaN
+    or Inf in any operand must reach the output, and padding must not create one."""
+    x, weight, bias = operands(1, 64, 7, 6, 128, 3, 1, torch.float32)
+    xs = torch.randn(1, 32, 13, 11, device=DEVICE)
+    w_short = torch.randn(128, 32, 1, 1, device=DEVICE) / 32 ** 0.5
+    residual = torch.randn(1, 128, 7, 6, device=DEVICE)
+    if where == "input":
+        x[0, 5, 3, 2], x[0, 9, 0, 5] = float("nan"), float("inf")
+    elif where == "shortcut input":
+        xs[0, 7, 4, 6], xs[0, 1, 12, 10] = float("nan"), -float("inf")
+    elif where == "residual":
+        residual[0, 100, 6, 0] = float("nan")
+    else:  # a corner pixel: its padded neighbours are outside the image
+        x[0, 3, 0, 0] = float("inf")
+    ref = reference(x, weight, bias, 1, 1, 1, 1, residual, (xs, w_short, 2))
+    out, launches = launch(x, weight, bias, kernel=3, stride=1, padding=1, relu=True,
+                           residual=residual, shortcut=(xs, w_short, 2), variant=variant)
+    assert_special_values_match(out, ref, 1e-4, where)
+    return launches
+
+
+def needs_sm_90():
+    if DEVICE.type == "cuda" and torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("TMA needs sm_90")
+
+
+def tma_config(base, consts, patch_pixels=128):
+    """TMA tiles where the launch can take them (else ``base``): the interpreter's tile with
+    TMA loads (patch tiles of at most ``patch_pixels`` for 3x3), on a GPU the first TMA
+    candidate (its patch cut to ``patch_pixels``)."""
+    if not configs.uses_tma(consts, 2):
+        return base
+    if not INTERPRETED:
+        listed = configs.tma_candidates(consts, 2)
+        if not listed:
+            pytest.skip("no TMA candidate on sm_90 for this launch (a single K step)")
+        base = listed[0]
+    config = base._replace(tma=True)
+    if configs.is_gemm(consts):
+        return config
+    block_m, patch_w = configs.patch_tile(consts["OH"], consts["OW"], patch_pixels)
+    return config._replace(block_m=block_m, block_k=configs.TMA_BLOCK_K, swap_ab=True,
+                           patch_w=patch_w)

@@ -3,12 +3,11 @@
 the variant of its one large config, on a GPU of the default config (or of the GPU's own
 candidate where the variant has its own tiles)."""
 import pytest
-import torch
 
 from fusedres.kernels import INTERPRETED
 from fusedres.kernels.conv import configs
 
-from ...conftest import DEVICE
+from .cases import needs_sm_90, tma_config
 
 
 @pytest.fixture(params=[False, True], ids=["hoisted_taps", "recomputed_taps"])
@@ -27,30 +26,6 @@ def split_k():
     def variant(base, consts, slices=SPLIT_SLICES):
         return base._replace(block_k=16, split_k=min(configs.k_steps(consts, 16), slices))
     return variant
-
-
-def needs_sm_90():
-    if DEVICE.type == "cuda" and torch.cuda.get_device_capability()[0] < 9:
-        pytest.skip("TMA needs sm_90")
-
-
-def tma_config(base, consts, patch_pixels=128):
-    """TMA tiles where the launch can take them (else ``base``): the interpreter's tile with
-    TMA loads (patch tiles of at most ``patch_pixels`` for 3x3), on a GPU the first TMA
-    candidate (its patch cut to ``patch_pixels``)."""
-    if not configs.uses_tma(consts, 2):
-        return base
-    if not INTERPRETED:
-        listed = configs.tma_candidates(consts, 2)
-        if not listed:
-            pytest.skip("no TMA candidate on sm_90 for this launch (a single K step)")
-        base = listed[0]
-    config = base._replace(tma=True)
-    if configs.is_gemm(consts):
-        return config
-    block_m, patch_w = configs.patch_tile(consts["OH"], consts["OW"], patch_pixels)
-    return config._replace(block_m=block_m, block_k=configs.TMA_BLOCK_K, swap_ab=True,
-                           patch_w=patch_w)
 
 
 @pytest.fixture

@@ -23,14 +23,36 @@ def _geometry(batch=1, c_in=256, size=14, c_out=256, kernel=3, stride=1, padding
                         groups, True, False, None, dtype)
 
 
-def test_describe_and_variant_name_every_flag_once():
+def test_describe_names_every_flag_that_is_set():
+    assert ConvConfig(128, 128, 64, 8, 3).describe() == "128x128x64 w8 s3"
     config = ConvConfig(64, 128, 64, 8, 3, tma=True, swap_ab=True, patch_w=8)
-    assert config.describe() == "64x128x64 w8 s3 taps tma patch 8 swap-ab"
-    assert ConvConfig(128, 64, 32, 8, 4, strip=True, pad_c=4).variant() == "strip pad-c 4"
-    assert ConvConfig(64, 64, 64, 4, 3, recompute_taps=True, split_k=5).variant() \
-        == "taps-recomputed split-k 5"
-    # The launcher option stays out of the kernel's constexprs.
-    assert "PAD_C" not in ConvConfig(128, 64, 32, 8, 4, strip=True, pad_c=4).constexprs()
+    assert config.describe() == "64x128x64 w8 s3 tma patch 8 swap-ab"
+    assert ConvConfig(128, 64, 32, 8, 4, strip=True, pad_c=4).options() == "strip pad-c 4"
+    assert ConvConfig(64, 64, 64, 4, 3, recompute_taps=True, split_k=5).options() \
+        == "recomputed-taps split-k 5"
+
+
+def test_launch_options_are_exactly_the_kernels_config_parameters():
+    """Every launch and every ahead-of-time compile pass ``launch_options()``: it must name
+    each of the kernel's config constexprs (BLOCK_M ... PATCH_W) and nothing else, so that
+    both produce the same JIT cache key (the launcher option pad_c stays out)."""
+    from fusedres.kernels.conv.kernel import conv_bn_act_kernel
+    params = conv_bn_act_kernel.arg_names
+    config_params = params[params.index("BLOCK_M"):]
+    options = ConvConfig(128, 64, 32, 8, 4, strip=True, pad_c=4).launch_options()
+    assert sorted(options) == sorted(config_params + ["num_warps", "num_stages"])
+
+
+def test_walk_names_what_runs():
+    _, taps = _scalars(_geometry())
+    _, stem = _scalars(_geometry(c_in=3, size=224, c_out=64, kernel=7, stride=2, padding=3))
+    plain = ConvConfig(128, 128, 32, 8, 4)
+    assert configs.walk(plain, taps) == "taps"
+    assert configs.walk(plain._replace(recompute_taps=True), taps) == "taps-recomputed"
+    assert configs.walk(plain, stem) == "gathered"
+    assert configs.walk(plain._replace(strip=True, pad_c=4), stem) == "strips"
+    assert configs.walk(plain._replace(tma=True), taps) == "tma-rows"
+    assert configs.walk(plain._replace(tma=True, patch_w=16), taps) == "tma-patches"
 
 
 @pytest.mark.parametrize("model", ["resnet18", "resnet50", "resnext50_32x4d"])
@@ -90,7 +112,7 @@ def test_default_config_is_a_candidate_for_every_geometry(dtype):
     # Large grids get the wide tile (the first listed one: 128x128x64), batch 1's layer4 a
     # small one.
     layer = {"C_out": 256, "GROUPS": 1, "PAD": 0, "GATHER_K": False}
-    assert configs.default_config(256 * 56 * 56, layer, 2).describe() == "128x128x64 w8 s3 taps"
+    assert configs.default_config(256 * 56 * 56, layer, 2).describe() == "128x128x64 w8 s3"
     assert configs.default_config(49, dict(layer, C_out=512), 2).block_m == 64
 
 

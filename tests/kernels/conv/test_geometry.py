@@ -38,7 +38,8 @@ def test_scalars_and_description():
                             Shortcut(32, 17, 21, 2, pool=True), torch.bfloat16)
     ints, consts = geometry.scalars(allow_tf32=True, interpreted=True)
     assert ints == {"M": 2 * 5 * 6} and geometry.output_shape == (2, 128, 5, 6)
-    assert (consts["HS"], consts["WS"], consts["C_short"], consts["STRIDE_SHORT"]) == (17, 21, 32, 2)
+    assert (consts["HS"], consts["WS"], consts["C_short"], consts["STRIDE_SHORT"]) \
+        == (17, 21, 32, 2)
     assert consts["SHORTCUT_POOL"] and consts["HAS_SHORTCUT"] and not consts["HAS_RESIDUAL"]
     # bf16 under the interpreter widens the dot's operands; TF32 is for fp32 only.
     assert consts["UPCAST_DOT"] and consts["DOT_PRECISION"] == "ieee"

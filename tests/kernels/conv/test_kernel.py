@@ -12,9 +12,8 @@ from fusedres.kernels.conv import geometry as geometry_module
 
 from ...conftest import DEVICE
 from ...numerics import assert_close_to_reference, rel_tol
-from .cases import (DTYPES, GEOMETRIES, SHORTCUT_GEOMETRIES, SHORTCUT_IDS,
-                    assert_special_values_match, check_geometry, check_shortcut, launch,
-                    operands, reference)
+from .cases import (DTYPES, GEOMETRIES, SHORTCUT_GEOMETRIES, SHORTCUT_IDS, check_geometry,
+                    check_nan_and_inf, check_shortcut, launch, operands, reference)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -25,40 +24,22 @@ def test_geometry_matches_float64(geometry, dtype, epilogue, tap_walk, request):
     if gathered and request.node.callspec.params["tap_walk"]:
         pytest.skip("the gathered K walk has one form; recompute_taps does not apply")
     launches = check_geometry(geometry, dtype, epilogue, tap_walk)
-    assert [launch.constexprs["GATHER_K"] for launch in launches] == [gathered]
+    recomputed = request.node.callspec.params["tap_walk"]
+    assert [launch.walk for launch in launches] == [
+        "gathered" if gathered else "taps-recomputed" if recomputed else "taps"]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("main,shortcut_geometry", SHORTCUT_GEOMETRIES, ids=SHORTCUT_IDS)
-def test_shortcut_fusion_matches_float64(main, shortcut_geometry, dtype, tap_walk):
-    check_shortcut(main, shortcut_geometry, dtype, tap_walk)
+def test_shortcut_fusion_matches_float64(main, shortcut_geometry, dtype, tap_walk, request):
+    launches = check_shortcut(main, shortcut_geometry, dtype, tap_walk)
+    recomputed = request.node.callspec.params["tap_walk"]
+    assert [launch.walk for launch in launches] == ["taps-recomputed" if recomputed else "taps"]
 
 
 @pytest.mark.parametrize("where", ["input", "shortcut input", "residual", "padding border"])
 def test_nan_and_inf_land_where_the_reference_puts_them(where, tap_walk):
-    check_nan_and_inf(where, tap_walk)
-
-
-def check_nan_and_inf(where, variant):
-    """Masked loads fill with 0 only outside the tensors (padding, partial tiles): a real NaN
-    or Inf in any operand must reach the output, and padding must not create one."""
-    x, weight, bias = operands(1, 64, 7, 6, 128, 3, 1, torch.float32)
-    xs = torch.randn(1, 32, 13, 11, device=DEVICE)
-    w_short = torch.randn(128, 32, 1, 1, device=DEVICE) / 32 ** 0.5
-    residual = torch.randn(1, 128, 7, 6, device=DEVICE)
-    if where == "input":
-        x[0, 5, 3, 2], x[0, 9, 0, 5] = float("nan"), float("inf")
-    elif where == "shortcut input":
-        xs[0, 7, 4, 6], xs[0, 1, 12, 10] = float("nan"), -float("inf")
-    elif where == "residual":
-        residual[0, 100, 6, 0] = float("nan")
-    else:  # a corner pixel: its padded neighbours are outside the image
-        x[0, 3, 0, 0] = float("inf")
-    ref = reference(x, weight, bias, 1, 1, 1, 1, residual, (xs, w_short, 2))
-    out, launches = launch(x, weight, bias, kernel=3, stride=1, padding=1, relu=True,
-                           residual=residual, shortcut=(xs, w_short, 2), variant=variant)
-    assert_special_values_match(out, ref, 1e-4, where)
-    return launches
+    assert len(check_nan_and_inf(where, tap_walk)) == 1
 
 
 # FUSEDRES_FUZZ picks how hard the fuzz below searches: "quick" (CI, seconds) or "deep"
@@ -120,7 +101,8 @@ def test_fuzzed_geometries_match_float64(geometry, dtype, residual, relu, recomp
     out, _ = launch(x, weight, bias, kernel=kernel, stride=stride, padding=padding,
                     dilation=dilation, groups=groups, relu=relu, residual=res,
                     shortcut=shortcut,
-                    variant=lambda base, consts: base._replace(recompute_taps=recompute_taps))
+                    variant=lambda base, consts: base._replace(
+                        recompute_taps=recompute_taps and not consts["GATHER_K"]))
     assert_close_to_reference(out, ref, rel_tol(dtype),
                               f"{geometry} {dtype} residual={residual} shortcut={drawn} "
                               f"relu={relu} recompute_taps={recompute_taps}")

@@ -34,7 +34,8 @@ def test_an_explicit_config_is_what_runs():
         out = conv_bn_act(x, pack_weight(weight, torch.float32), bias, kernel_size=3,
                           padding=1, allow_tf32=False, config=config)
     # 30 pixels in 2 row tiles, 48 channels in 3 column tiles.
-    assert [(launch.config, launch.grid) for launch in launches] == [(config, (2 * 3, 1))]
+    assert [(launch.config, launch.walk, launch.grid) for launch in launches] \
+        == [(config, "taps-recomputed", (2 * 3, 1))]
     assert launches[0].geometry.output_shape == (1, 48, 6, 5)
     assert_close_to_reference(out, reference(x, weight, bias, 1, 1, 1, 1), 1e-5)
 
@@ -117,6 +118,30 @@ class TestRejectsBadInput:
         x, w, b = self._args()
         with pytest.raises(TypeError, match="config must be a ConvConfig"):
             conv_bn_act(x, w, b, kernel_size=3, config={"BLOCK_M": 64})
+
+    @pytest.mark.parametrize("config,match", [
+        (ConvConfig(64, 48, 16, 4, 2), "block_n must be a power of two"),
+        (ConvConfig(64, 64, 8, 4, 2), "block_k must be at least 16"),
+        (ConvConfig(64, 64, 16, 4, 2, pad_c=4), "pad_c applies to an ungrouped 3-channel"),
+        (ConvConfig(64, 64, 16, 4, 2, strip=True), "strip needs the gathered walk"),
+        (ConvConfig(64, 64, 16, 4, 2, split_k=10), "split_k must be between 1 and the 9"),
+        (ConvConfig(64, 64, 16, 4, 2, patch_w=48), "patch_w needs"),
+        (ConvConfig(64, 64, 16, 4, 2, tma=True), "tma applies to stride-1 ungrouped fp16"),
+    ], ids=lambda v: v if isinstance(v, str) else "")
+    def test_config_that_cannot_run_this_launch(self, config, match):
+        x, w, b = self._args()  # 8 -> 16 channels, 3x3: 16 channels per tile, 9 K steps
+        x = x.repeat(1, 2, 1, 1)
+        w = pack_weight(torch.randn(16, 16, 3, 3), torch.float32)
+        with record_launches() as launches:
+            with pytest.raises(ValueError, match=match):
+                conv_bn_act(x, w, b, kernel_size=3, padding=1, config=config)
+        assert launches == []
+
+    def test_recomputed_taps_on_the_gathered_walk(self):
+        x, w, b = self._args()
+        with pytest.raises(ValueError, match="recompute_taps applies to the tap-major walk"):
+            conv_bn_act(x, w, b, kernel_size=3, padding=1,
+                        config=ConvConfig(64, 16, 16, 4, 2, recompute_taps=True))
 
 
 @pytest.mark.gpu

@@ -4,8 +4,7 @@ import pytest
 import torch
 
 from .cases import (DTYPES, SHORTCUT_GEOMETRIES, SHORTCUT_IDS, TAP_MAJOR, check_geometry,
-                    check_shortcut, launch, operands)
-from .test_kernel import check_nan_and_inf
+                    check_nan_and_inf, check_shortcut, launch, operands)
 
 
 def _slices(launches):

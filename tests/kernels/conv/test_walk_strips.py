@@ -36,7 +36,7 @@ def _check(geometry, dtype, residual, variant, layout="nchw"):
 def test_strips_match_float64(geometry, dtype, epilogue, strip):
     launches = _check(geometry, dtype, epilogue != "none", strip)
     kernel, c_in = geometry[6], geometry[2]
-    assert [launch.config.strip for launch in launches] == [True]
+    assert [launch.walk for launch in launches] == ["strips"]
     assert launches[0].config.block_k >= kernel * c_in
 
 
@@ -48,7 +48,7 @@ def test_padded_stem_matches_float64(geometry, dtype, layout, padded_strip):
     launches = _check(geometry, dtype, True, padded_strip, layout)
     # One strip of 7 taps x 4 channels per filter row, over a 4-channel input.
     [launched] = launches
-    assert launched.config.strip and launched.config.block_k == 32
+    assert launched.walk == "strips" and launched.config.block_k == 32
     assert launched.constexprs["C_in"] == 4
 
 
@@ -57,5 +57,5 @@ def test_strips_keep_nan_and_inf_at_the_border(strip):
     x[0, 0, 0, 0], x[0, 2, 12, 10], x[0, 1, 6, 5] = float("inf"), float("nan"), -float("inf")
     ref = reference(x, weight, bias, 2, 3, 1, 1)
     out, launches = launch(x, weight, bias, kernel=7, stride=2, padding=3, variant=strip)
-    assert [launch.config.strip for launch in launches] == [True]
+    assert [launch.walk for launch in launches] == ["strips"]
     assert_special_values_match(out, ref, 1e-4, "strip border")

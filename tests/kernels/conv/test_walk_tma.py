@@ -8,9 +8,8 @@ from fusedres.kernels.conv import configs
 
 from ...conftest import DEVICE
 from ...numerics import assert_close_to_reference, rel_tol
-from .cases import GEOMETRIES, check_geometry, launch, operands, reference, \
-    assert_special_values_match
-from .conftest import needs_sm_90, tma_config
+from .cases import (GEOMETRIES, assert_special_values_match, check_geometry, launch, needs_sm_90,
+                    operands, reference, tma_config)
 
 # The 1x1 stride-1 geometries, which can take TMA rows; the last has channel counts that
 # are not powers of two (tiles past the tensor's end are zero-filled by TMA).
@@ -26,9 +25,8 @@ PATCHED = [g for g in GEOMETRIES if g[6] == 3 and g[7] == 1 and g[10] == 1] + [
 
 
 def _ran(launches):
-    """(tma, patch_w, swap_ab) of each launch."""
-    return [(launch.config.tma, launch.config.patch_w, launch.config.swap_ab)
-            for launch in launches]
+    """(walk, patch_w, swap_ab) of each launch, as it ran."""
+    return [(launch.walk, launch.config.patch_w, launch.config.swap_ab) for launch in launches]
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
@@ -36,7 +34,7 @@ def _ran(launches):
 @pytest.mark.parametrize("epilogue", ["residual+relu", "none"])
 def test_tma_rows_match_float64(geometry, dtype, epilogue, tma):
     launches = check_geometry(geometry, dtype, epilogue, tma)
-    assert _ran(launches) == [(True, 0, False)]
+    assert _ran(launches) == [("tma-rows", 0, False)]
 
 
 @pytest.mark.parametrize("where", ["input", "shortcut input", "residual"])
@@ -56,7 +54,7 @@ def test_tma_rows_with_shortcut_keep_nan_and_inf(where, tma):
     ref = reference(x, weight, bias, 1, 0, 1, 1, residual, (xs, w_short, 1))
     out, launches = launch(x, weight, bias, kernel=1, stride=1, padding=0, residual=residual,
                            shortcut=(xs, w_short, 1), variant=tma)
-    assert _ran(launches) == [(True, 0, False)]
+    assert _ran(launches) == [("tma-rows", 0, False)]
     assert_special_values_match(out, ref, rel_tol(torch.float16), "TMA rows")
 
 
@@ -74,7 +72,7 @@ def test_tma_falls_back_to_pointers_for_a_misaligned_input(kernel, c_out, tma):
     out, launches = launch(x, weight, bias, kernel=kernel, stride=1, padding=kernel // 2,
                            variant=tma)
     patch = launches[0].config.patch_w
-    assert _ran(launches) == [(False, patch, kernel == 3)] and (patch > 0) == (kernel == 3)
+    assert _ran(launches) == [("taps", patch, kernel == 3)] and (patch > 0) == (kernel == 3)
     assert_close_to_reference(out, reference(x, weight, bias, 1, kernel // 2, 1, 1),
                               rel_tol(torch.float16), f"misaligned {kernel}x{kernel}")
 
@@ -86,8 +84,8 @@ def test_tma_patches_match_float64(geometry, dtype, epilogue, tma):
     # TMA's zero fill (negative coordinates included) is the padding: the border pixels of
     # every patch check it.
     launches = check_geometry(geometry, dtype, epilogue, tma)
-    [(ran_tma, patch_w, swap_ab)] = _ran(launches)
-    assert ran_tma and patch_w > 0 and swap_ab
+    [(walk, patch_w, swap_ab)] = _ran(launches)
+    assert walk == "tma-patches" and patch_w > 0 and swap_ab
 
 
 @pytest.mark.parametrize("where", ["corner", "edge", "shortcut input", "residual"])
@@ -110,8 +108,8 @@ def test_tma_patches_with_shortcut_keep_nan_and_inf(where, tma):
     ref = reference(x, weight, bias, 1, 1, 1, 1, residual, (xs, w_short, 2))
     out, launches = launch(x, weight, bias, kernel=3, stride=1, padding=1, residual=residual,
                            shortcut=(xs, w_short, 2), variant=tma)
-    [(ran_tma, patch_w, swap_ab)] = _ran(launches)
-    assert ran_tma and patch_w > 0 and swap_ab
+    [(walk, patch_w, swap_ab)] = _ran(launches)
+    assert walk == "tma-patches" and patch_w > 0 and swap_ab
     assert_special_values_match(out, ref, rel_tol(torch.float16), "TMA patches")
 
 
@@ -122,7 +120,7 @@ def test_tma_patches_cut_a_long_row(tma):
     launches = check_geometry(("3x3/s1 long rows", 1, 64, 3, 37, 64, 3, 1, 1, 1, 1),
                               torch.float16, "residual+relu",
                               lambda base, consts: tma_config(base, consts, patch_pixels=32))
-    assert _ran(launches) == [(True, 32, True)]
+    assert _ran(launches) == [("tma-patches", 32, True)]
     assert launches[0].grid[0] == 3 * 2  # 3 rows of 2 patches, 64 channels in one tile
 
 
