@@ -9,51 +9,14 @@ import torchvision
 from torch import nn
 
 import fusedres
-from fusedres.cuda_graphs import LRU, CUDAGraphRunner, ModelWatch, _Captured, bucket_size
+from fusedres.cuda_graphs import LRU, CUDAGraphRunner, ModelWatch, bucket_size
 
 from .conftest import TF32
 from .numerics import assert_close_to_reference, model_tol, randomize_bn
-from .test_library import TOL, _models
-from .test_folding import _built_in_inference_mode, _float64_reference
+from .builders import (CPUGraphRunner, built_in_inference_mode, eager_and_fused,
+                       float64_reference, tiny_fused_model)
 
-
-class _Replay:
-    def __init__(self, replay):
-        self.replay = replay
-
-
-class CPUGraphRunner(CUDAGraphRunner):
-    """The runner with "capture" replaced by recording the forward to rerun on replay: every
-    decision about which graph to keep, pad to, re-capture or drop is the real runner's."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.captures = []
-
-    @staticmethod
-    def _check_input(x):
-        pass
-
-    def _capture(self, x):
-        self.captures.append(x.shape[0])
-        with torch.no_grad():
-            out = self.model(x)
-
-        def replay():
-            with torch.no_grad():
-                out.copy_(self.model(x))
-
-        return _Captured(_Replay(replay), x, out)
-
-
-def tiny_fused_model():
-    """Stem + a BasicBlock with a downsample, 3 -> 8 -> 16 channels: cheap at any batch."""
-    conv, bn = nn.Conv2d(3, 8, 3, 1, 1, bias=False), nn.BatchNorm2d(8)
-    downsample = nn.Sequential(nn.Conv2d(8, 16, 1, 2, bias=False), nn.BatchNorm2d(16))
-    model = nn.Sequential(fusedres.FusedConvBN(conv, bn),
-                          fusedres.FusedBasicBlock(8, 16, stride=2, downsample=downsample),
-                          nn.AdaptiveAvgPool2d(1), nn.Flatten())
-    return randomize_bn(model).eval()
+TOL = model_tol(TF32)
 
 
 class TestLRU:
@@ -195,7 +158,7 @@ class TestModelWatch:
         assert watch.changed()
 
     def test_inference_tensor_model(self):
-        fused = _built_in_inference_mode()
+        fused = built_in_inference_mode()
         watch = ModelWatch(fused)
         assert not watch.changed()
         with torch.inference_mode():
@@ -278,7 +241,7 @@ def test_cuda_graph_runner_never_replays_stale_weights():
     def check():
         with torch.no_grad():
             out = runner(x)
-        assert_close_to_reference(out, _float64_reference(fused, x.cpu()), model_tol(TF32))
+        assert_close_to_reference(out, float64_reference(fused, x.cpu()), model_tol(TF32))
 
     check()
     check()  # a replay of the captured graph
@@ -292,14 +255,14 @@ def test_cuda_graph_runner_never_replays_stale_weights():
 
 
 def test_cuda_graph_runner_rejects_cpu_input():
-    _, fused = _models("resnet18")
+    _, fused = eager_and_fused("resnet18")
     with pytest.raises(ValueError, match="needs a CUDA tensor"):
         fusedres.CUDAGraphRunner(fused)(torch.randn(1, 3, 32, 32))
 
 
 @pytest.mark.gpu
 def test_cuda_graph_replay_matches_eager_and_never_goes_stale():
-    eager, fused = _models("resnet50")
+    eager, fused = eager_and_fused("resnet50")
     runner = fusedres.CUDAGraphRunner(fused)
     x1, x2 = torch.randn(1, 3, 64, 64, device="cuda"), torch.randn(1, 3, 64, 64, device="cuda")
     with torch.no_grad():

@@ -11,6 +11,7 @@ from torch import nn
 import fusedres
 from fusedres.folding import fold_bn, forget_folds
 
+from .builders import built_in_inference_mode, float64_reference
 from .numerics import assert_close_to_reference, model_tol, randomize_bn
 
 
@@ -35,23 +36,6 @@ def test_fold_bn_matches_eval_batchnorm_with_large_eps(groups, bias):
     assert_close_to_reference(out, ref, 1e-5, "folded conv vs eager conv + bn.eval()")
 
 
-def _built_in_inference_mode(name="resnet18"):
-    """A fused model whose every parameter and buffer is an inference tensor, as serving code
-    gets by building or loading the model under ``torch.inference_mode()``."""
-    with torch.inference_mode():
-        fused = fusedres.fuse(randomize_bn(getattr(torchvision.models, name)()).eval())
-    assert all(t.is_inference() for t in fused.state_dict().values())
-    return fused
-
-
-def _float64_reference(fused, x):
-    """torchvision's eager model holding ``fused``'s current state, in float64."""
-    eager = torchvision.models.resnet18().eval()
-    eager.load_state_dict({k: v.clone() for k, v in fused.state_dict().items()})
-    with torch.no_grad():
-        return eager.double()(x.double())
-
-
 class TestInferenceTensorModel:
     """A model made under inference_mode runs, and is never stale except for the documented
     case (in-place edits inside inference_mode, see folding.TensorWatch)."""
@@ -63,14 +47,14 @@ class TestInferenceTensorModel:
     def _check(self, fused, x, mode):
         with mode():
             out = fused(x)
-        assert_close_to_reference(out, _float64_reference(fused, x), model_tol())
+        assert_close_to_reference(out, float64_reference(fused, x), model_tol())
 
     @pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
     def test_runs_in_and_out_of_inference_mode(self, mode):
-        self._check(_built_in_inference_mode(), torch.randn(2, 3, 32, 32), mode)
+        self._check(built_in_inference_mode(), torch.randn(2, 3, 32, 32), mode)
 
     def test_replaced_tensors_are_seen(self):
-        fused = _built_in_inference_mode()
+        fused = built_in_inference_mode()
         x = torch.randn(1, 3, 32, 32)
         self._check(fused, x, torch.inference_mode)
         other = randomize_bn(torchvision.models.resnet18()).state_dict()
@@ -91,7 +75,7 @@ class TestInferenceTensorModel:
         self._check(fused, x, torch.inference_mode)
 
     def test_forget_folds_after_editing_inference_tensors_in_place(self):
-        fused = _built_in_inference_mode()
+        fused = built_in_inference_mode()
         x = torch.randn(1, 3, 32, 32)
         self._check(fused, x, torch.inference_mode)
         with torch.inference_mode():
@@ -102,7 +86,7 @@ class TestInferenceTensorModel:
     def test_runner_invalidate_forgets_folds(self):
         """``invalidate()`` must reach the folded weights too, or re-capturing would replay
         the stale ones."""
-        fused = _built_in_inference_mode()
+        fused = built_in_inference_mode()
         x = torch.randn(1, 3, 32, 32)
         self._check(fused, x, torch.inference_mode)
         with torch.inference_mode():

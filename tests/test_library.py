@@ -2,7 +2,6 @@
 the custom operator.  fusedres's own CUDAGraphRunner: tests/test_cuda_graphs.py."""
 import pytest
 import torch
-import torchvision
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 import fusedres
@@ -10,21 +9,17 @@ from fusedres import ops, trace
 from fusedres.folding import build_folded
 
 from .conftest import DEVICE, TF32
-from .numerics import assert_close_to_reference, conv_bn_pair, model_tol, randomize_bn
+from .builders import eager_and_fused
+from .numerics import assert_close_to_reference, conv_bn_pair, model_tol
 
 TOL = model_tol(TF32)
-
-
-def _models(name):
-    eager = randomize_bn(getattr(torchvision.models, name)()).eval().to(DEVICE)
-    return eager, fusedres.fuse(eager)
 
 
 @pytest.mark.parametrize("name,compiler", [("resnet18", "inductor"), ("resnet50", "aot_eager")])
 def test_compile_fullgraph_matches_eager(name, compiler, backend):
     """fullgraph=True turns any graph break into an error."""
     torch._dynamo.reset()
-    eager, fused = _models(name)
+    eager, fused = eager_and_fused(name)
     x = torch.randn(2, 3, 32, 32, device=DEVICE)
     compiled = torch.compile(fused, fullgraph=True, backend=compiler)
     with torch.no_grad():
@@ -35,7 +30,7 @@ def test_compile_fullgraph_matches_eager(name, compiler, backend):
 
 def test_compiled_model_sees_weight_changes(backend):
     torch._dynamo.reset()
-    eager, fused = _models("resnet18")
+    eager, fused = eager_and_fused("resnet18")
     compiled = torch.compile(fused, fullgraph=True, backend="aot_eager")
     x = torch.randn(1, 3, 32, 32, device=DEVICE)
     with torch.no_grad():
@@ -50,7 +45,7 @@ def test_compiled_model_sees_weight_changes(backend):
 def test_export_contains_the_fused_operator():
     if not ops.uses_triton(torch.empty(0, device=DEVICE)):
         pytest.skip("the Triton path needs a GPU or TRITON_INTERPRET=1")
-    eager, fused = _models("resnet18")
+    eager, fused = eager_and_fused("resnet18")
     x = torch.randn(1, 3, 32, 32, device=DEVICE)
     with torch.no_grad():
         program = torch.export.export(fused, (x,))
@@ -141,7 +136,7 @@ def test_compile_reduce_overhead_on_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda.CUDAGraph, "replay", counting_replay)
     torch._dynamo.reset()
     counters.clear()
-    eager, fused = _models("resnet18")
+    eager, fused = eager_and_fused("resnet18")
     compiled = torch.compile(fused, mode="reduce-overhead", fullgraph=True)
     x = torch.randn(1, 3, 64, 64, device="cuda")
     with torch.no_grad():

@@ -1,5 +1,6 @@
-"""The conv kernel's configs: the one config type, the tile tables, and which configs the
-tuner times for a launch (the candidate policy).
+"""The conv kernel's configs: the one config type, the tile tables, which configs the tuner
+times for a launch (the candidate policy), which K walk a config runs (``walk``) and whether
+a caller's config can run a launch at all (``check_config``).
 
 Every candidate is a compile on a launch's first call, so a launch gets at most
 ``MAX_CANDIDATES``; what drove each table and rule is measured in docs/inspect.md and
