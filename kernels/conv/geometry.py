@@ -34,6 +34,10 @@ class Shortcut(NamedTuple):
     pool: bool = False
 
 
+# The shortcut fields' values when there is none (the kernel never reads them then).
+_NO_SHORTCUT = Shortcut(0, 0, 0, 1)
+
+
 class ConvGeometry(NamedTuple):
     """Shapes, options and dtype of one ``act(conv(x) [+ shortcut] + bias [+ residual])``."""
     batch: int
@@ -80,25 +84,28 @@ class ConvGeometry(NamedTuple):
         """``(ints, consts)``: the kernel's integer arguments (in parameter order) and the
         constexprs of this geometry, exactly as the launcher passes them.  ``interpreted``:
         for Triton's interpreter (``fusedres inspect`` compiles for a GPU and passes False)."""
-        kh, kw = self.kernel_size
-        oh, ow = self.output_size
-        short = self.shortcut or Shortcut(0, 0, 0, 1)
+        # Runs on every launch: the fields as locals, one pass.
+        (batch, c_in, height, width, c_out, (kh, kw), stride, padding, dilation, groups, relu,
+         residual, shortcut, dtype) = self
+        oh = conv_output_size(height, kh, stride, padding, dilation)
+        ow = conv_output_size(width, kw, stride, padding, dilation)
+        short = shortcut or _NO_SHORTCUT
         # x, the shortcut input and the output (whose shape the residual shares); the packed
         # weights are indexed in int32 always (KH*KW*C_in/groups*C_out is far below 2**31).
-        largest = max(self.batch * self.c_in * self.height * self.width,
-                      self.batch * short.channels * short.height * short.width,
-                      self.batch * self.c_out * oh * ow)
-        ints = dict(M=self.batch * oh * ow)
+        largest = max(batch * c_in * height * width,
+                      batch * short.channels * short.height * short.width,
+                      batch * c_out * oh * ow)
+        ints = dict(M=batch * oh * ow)
         consts = dict(
-            H=self.height, W=self.width, C_in=self.c_in, OH=oh, OW=ow, C_out=self.c_out,
+            H=height, W=width, C_in=c_in, OH=oh, OW=ow, C_out=c_out,
             HS=short.height, WS=short.width, C_short=short.channels,
-            KH=kh, KW=kw, STRIDE=self.stride, PAD=self.padding, DIL=self.dilation,
-            GROUPS=self.groups, STRIDE_SHORT=short.stride, SHORTCUT_POOL=short.pool,
-            GATHER_K=self.c_in // self.groups < GATHER_K_BELOW,
-            HAS_SHORTCUT=self.shortcut is not None, HAS_RESIDUAL=self.residual, RELU=self.relu,
-            DOT_PRECISION="tf32" if self.dtype == torch.float32 and allow_tf32 else "ieee",
+            KH=kh, KW=kw, STRIDE=stride, PAD=padding, DIL=dilation,
+            GROUPS=groups, STRIDE_SHORT=short.stride, SHORTCUT_POOL=short.pool,
+            GATHER_K=c_in // groups < GATHER_K_BELOW,
+            HAS_SHORTCUT=shortcut is not None, HAS_RESIDUAL=residual, RELU=relu,
+            DOT_PRECISION="tf32" if dtype == torch.float32 and allow_tf32 else "ieee",
             # The interpreter's tl.dot runs on NumPy, which has no bfloat16.
-            UPCAST_DOT=interpreted and self.dtype == torch.bfloat16,
+            UPCAST_DOT=interpreted and dtype == torch.bfloat16,
             INDEX_64=largest >= INDEX_32_LIMIT,
         )
         return ints, consts
