@@ -5,7 +5,7 @@ entries, outside the eager-vs-fused speedup gate."""
 import pytest
 
 import fusedres
-from fusedres.cuda_graphs import ModelWatch
+from fusedres.watch import ModelWatch
 
 
 @pytest.mark.parametrize("check", ["full", "cheap"])

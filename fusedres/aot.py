@@ -84,7 +84,7 @@ def candidate_configs(geometry: ConvGeometry, autotuning: Optional[bool] = None,
 
 # ---------------------------------------------------------------- the JIT, on a named target
 
-class _TargetDriver:
+class TargetDriver:
     """Stands in for Triton's CUDA driver where the JIT asks which device and target it
     compiles for; it can launch nothing, which a warm-up never does."""
 
@@ -103,14 +103,15 @@ class _TargetDriver:
 
 
 @contextlib.contextmanager
-def target_driver(arch):
+def target_driver(arch, stand_in=None):
     """Inside the block, the kernel's JIT compiles for ``arch`` whatever device (if any)
-    exists.  The JIT builds its per-device state (binder, backend, in-memory kernels) once per
+    exists (``stand_in``: the ``TargetDriver`` to use, default a new one).  The JIT builds
+    its per-device state (binder, backend, in-memory kernels) once per
     device from the driver's target and keys nothing on the target afterwards, so the block
     gets fresh state, and the state from before comes back after it."""
     driver, jits = triton.runtime.driver, launcher.JIT_FUNCTIONS
     previous, previous_caches = driver._active, [jit.device_caches for jit in jits]
-    driver.set_active(_TargetDriver(arch))
+    driver.set_active(stand_in or TargetDriver(arch))
     for jit in jits:
         jit.device_caches = collections.defaultdict(jit.create_binder)
     try:

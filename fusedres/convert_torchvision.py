@@ -10,6 +10,7 @@ import sys
 from torch import nn
 
 from .folding import FoldCache
+from .plans import PlanGate
 from .resnet import FusedBasicBlock, FusedBottleneck, FusedResNet
 from .supported import (UnsupportedModelError, check_children, check_foldable, check_relu,
                         check_shortcut_conv, type_name)
@@ -125,4 +126,5 @@ def fuse_torchvision(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     fused = _rebuild(FusedResNet, model, ("inplanes", "dilation", "groups", "base_width",
                                           "_norm_layer"))
     fused._stem_fold = FoldCache()
+    fused._plan_gate = PlanGate()
     return fused

@@ -172,11 +172,20 @@ class FoldCache:
     unsynchronised, is a data race on the tensor itself, as in eager PyTorch; the call
     after it returns sees it.)  At most one variant per (dtype, device, layout) is held; a
     rebuild drops the old tensors with the old snapshot.
+
+    It also keeps the launch site's launch plans (``add_plan``), which hold folded tensors
+    and go with them.
     """
+
+    MAX_PLANS = 8  # input shapes per launch site (batch sizes a server sees, typically)
 
     def __init__(self):
         self._lock = threading.Lock()
         self._snapshot = None
+        # Input shape -> LaunchPlan (kernels/conv/plan.py) built from a fold of the current
+        # snapshot; replaced as a whole (copy on write), emptied with every new snapshot.
+        # Callers only read it (``replay``, the fused blocks' ``replay_forward``).
+        self.plans = {}
 
     def get(self, pairs, dtype: torch.dtype, device: torch.device, packed: bool) -> Folded:
         """``pairs``: ``[(conv, bn)]``, or ``[(conv, bn), (shortcut_conv, shortcut_bn)]``."""
@@ -211,8 +220,37 @@ class FoldCache:
                 folded = build_folded(pairs, dtype, device, packed)
                 if _Loads.generation == generation and not watch.changed():
                     break
+            if watch is not getattr(self._snapshot, "watch", None):
+                self.plans = {}  # built from the sources of before
             self._snapshot = _Snapshot(watch, eps, {**variants, key: folded})
             return folded
+
+    def plan(self, shape, folded):
+        """The launch plan for inputs of ``shape`` built from ``folded`` (what ``get`` just
+        returned), or None."""
+        plan = self.plans.get(shape)
+        return plan if plan is not None and plan.folded is folded else None
+
+    def replay(self, x, residual=None, xs=None):
+        """Run the plan for ``x``'s shape without checking the sources: only for callers that
+        checked the whole model's tensors since the plans were made (``fusedres.plans``).
+        None when there is no plan or one of its guards misses."""
+        plan = self.plans.get(x.shape)
+        return None if plan is None else plan(x, residual, xs)
+
+    def add_plan(self, shape, plan) -> None:
+        """Keep ``plan`` (its ``folded`` from ``get``) for inputs of ``shape``, unless its
+        fold is no longer current.  At most ``MAX_PLANS`` shapes are kept."""
+        with self._lock:
+            snapshot = self._snapshot
+            if snapshot is None or not any(f is plan.folded for f in snapshot.variants.values()):
+                return
+            plans = self.plans if len(self.plans) < self.MAX_PLANS else {}
+            self.plans = {**plans, shape: plan}
+
+    def forget_plans(self) -> None:
+        """Drop the launch plans (the folds stay)."""
+        self.plans = {}
 
     @staticmethod
     def _current(snapshot, sources, eps) -> bool:
@@ -224,6 +262,7 @@ class FoldCache:
         which may have read the values from before the caller's edit."""
         with self._lock:
             self._snapshot = None
+            self.plans = {}
 
     def __getstate__(self):
         # Pickled, deep-copied or saved empty: folds and watches describe tensors of this
@@ -240,12 +279,18 @@ def forget_folds(model: nn.Module) -> None:
     Only needed after an edit that ``TensorWatch`` cannot see: an in-place edit of inference
     tensors inside ``torch.inference_mode()``.
     """
-    for module in model.modules():
-        # Fused modules keep their caches as plain attributes: one FoldCache or a list.
+    for cache in fold_caches(model.modules()):
+        cache.clear()
+
+
+def fold_caches(modules):
+    """Every ``FoldCache`` of ``modules``: fused modules keep theirs as plain attributes, one
+    FoldCache or a list of them."""
+    for module in modules:
         for value in vars(module).values():
             for cache in (value if isinstance(value, list) else (value,)):
                 if isinstance(cache, FoldCache):
-                    cache.clear()
+                    yield cache
 
 
 def build_folded(pairs, dtype, device, packed) -> Folded:

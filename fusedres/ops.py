@@ -8,16 +8,29 @@ Backends, chosen per call from the input tensor:
   * other CPU tensors: the same folded computation through torch ops (folded conv, in-place
     add and ReLU, channels_last), which skips eager's separate BatchNorm pass.
 """
+import os
+
 import torch
 import torch.nn.functional as F
 
 from . import kernels, library, trace
 from .folding import build_folded
 
+# Launch plans (kernels/conv/plan.py) replay a launch site's last launch in a few
+# microseconds instead of ~50; FUSEDRES_LAUNCH_PLANS=0 turns them off.
+LAUNCH_PLANS = os.environ.get("FUSEDRES_LAUNCH_PLANS", "1").strip().lower() not in (
+    "0", "false", "off", "no")
+
 
 def uses_triton(x: torch.Tensor) -> bool:
     """Whether ``conv_bn_act`` on ``x`` runs the Triton kernel (natively or interpreted)."""
     return x.is_cuda or (kernels.INTERPRETED and x.device.type == "cpu")
+
+
+def plans_launches(x: torch.Tensor) -> bool:
+    """Whether launches on ``x`` may use launch plans: on the GPU (not interpreted), with
+    plans on."""
+    return LAUNCH_PLANS and x.is_cuda and not kernels.INTERPRETED
 
 
 def tracing() -> bool:
@@ -29,7 +42,7 @@ def tracing() -> bool:
 _is_exporting = getattr(torch.compiler, "is_exporting", lambda: False)
 
 
-def _autocast_enabled(x: torch.Tensor) -> bool:
+def autocast_enabled(x: torch.Tensor) -> bool:
     device_type = x.device.type
     return device_type in ("cuda", "cpu") and torch.is_autocast_enabled(device_type)
 
@@ -37,7 +50,7 @@ def _autocast_enabled(x: torch.Tensor) -> bool:
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
     """The dtype eager PyTorch would convolve ``x`` in: the autocast dtype when autocast is
     on for ``x``'s device, else ``x``'s own."""
-    return torch.get_autocast_dtype(x.device.type) if _autocast_enabled(x) else x.dtype
+    return torch.get_autocast_dtype(x.device.type) if autocast_enabled(x) else x.dtype
 
 
 def records_autograd(x: torch.Tensor, *modules) -> bool:
@@ -71,7 +84,7 @@ def conv_bn_act(x, conv, bn, cache, *, relu, residual=None, shortcut=None, short
     ``compute_dtype``).
     """
     check_input(x, conv)
-    if not _autocast_enabled(x) and x.dtype != conv.weight.dtype:
+    if not autocast_enabled(x) and x.dtype != conv.weight.dtype:
         # Said here, at the model's first step, rather than by the classifier much later.
         raise TypeError(f"input has dtype {x.dtype} but the model's parameters have dtype "
                         f"{conv.weight.dtype}; convert one to the other (model.to({x.dtype}) "
@@ -81,7 +94,7 @@ def conv_bn_act(x, conv, bn, cache, *, relu, residual=None, shortcut=None, short
     if residual is not None:
         if not isinstance(residual, torch.Tensor):
             raise TypeError(f"residual must be a torch.Tensor, got {type(residual).__name__}")
-        if _autocast_enabled(x) or residual.dtype == dtype:
+        if autocast_enabled(x) or residual.dtype == dtype:
             residual = residual.to(dtype)
         else:
             raise TypeError(f"residual has dtype {residual.dtype} but the input has dtype {dtype}")
@@ -120,12 +133,28 @@ def conv_bn_act(x, conv, bn, cache, *, relu, residual=None, shortcut=None, short
                 conv.dilation[0], conv.groups, 1 if shortcut is None else stride_s,
                 shortcut is not None and shortcut_pool, relu, kernels.cudnn_allows_tf32())
         # Eager calls skip the dispatcher (microseconds per step matter at batch 1).
-        return kernels.conv_bn_act(
+        if not plans_launches(x):
+            return kernels.conv_bn_act(
+                x, f.weight, f.bias, kernel_size=conv.kernel_size, stride=conv.stride[0],
+                padding=conv.padding[0], dilation=conv.dilation[0], groups=conv.groups,
+                relu=relu, residual=residual,
+                shortcut=None if shortcut is None else (xs, f.shortcut_weight, stride_s),
+                shortcut_pool=shortcut_pool)
+        xs = None if shortcut is None else xs
+        plan = cache.plan(x.shape, f)
+        if plan is not None:
+            y = plan(x, residual, xs)
+            if y is not None:
+                return y
+        y, plan = kernels.conv_bn_act_with_plan(
             x, f.weight, f.bias, kernel_size=conv.kernel_size, stride=conv.stride[0],
             padding=conv.padding[0], dilation=conv.dilation[0], groups=conv.groups, relu=relu,
             residual=residual,
             shortcut=None if shortcut is None else (xs, f.shortcut_weight, stride_s),
-            shortcut_pool=shortcut_pool)
+            shortcut_pool=shortcut_pool, folded=f)
+        if plan is not None:
+            cache.add_plan(x.shape, plan)
+        return y
 
     y = F.conv2d(x.contiguous(memory_format=torch.channels_last), f.weight, f.bias,
                  conv.stride, conv.padding, conv.dilation, conv.groups)

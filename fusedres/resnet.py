@@ -9,7 +9,9 @@ autograd not recording, each block runs as fused launches (see ``fusedres.ops``)
     Bottleneck  conv1+bn1+relu; conv2+bn2+relu;
                 conv3+bn3(+downsample)+add+relu                  3 launches
 
-The downsample shortcut (1x1 conv + BN) is accumulated into the block's last launch.
+The downsample shortcut (1x1 conv + BN) is accumulated into the block's last launch.  On
+the GPU each launch site keeps a launch plan of its last launch, and a forward that the
+model's ``PlanGate`` trusts replays them, walking the blocks directly (fusedres/plans.py).
 Train mode, and eval mode while autograd records, run torchvision's eager forward.
 """
 import torch
@@ -17,6 +19,7 @@ from torch import nn
 
 from . import ops
 from .folding import FoldCache, LoadsAtomically
+from .plans import PlanGate
 
 
 def _conv3x3(in_planes, out_planes, stride=1, groups=1, dilation=1):
@@ -54,18 +57,34 @@ class _FusedBlock(LoadsAtomically, nn.Module):
         if self.training or ops.records_autograd(x, self):
             return self._eager_forward(x)
         out = x
-        last = len(self._PAIRS) - 1
-        for i, (conv, bn) in enumerate(self._PAIRS):
-            conv, bn = getattr(self, conv), getattr(self, bn)
-            if i < last:
-                out = ops.conv_bn_act(out, conv, bn, self._folds[i], relu=True)
-            elif self.downsample is not None:
-                # The downsample (1x1 conv + BN) accumulates into this launch's tile.
-                out = ops.conv_bn_act(out, conv, bn, self._folds[i], relu=True,
-                                       shortcut=(self.downsample[0], self.downsample[1], x))
-            else:
-                out = ops.conv_bn_act(out, conv, bn, self._folds[i], relu=True, residual=x)
+        for i in range(len(self._folds)):
+            out = self._launch(i, out, x)
         return out
+
+    def replay_forward(self, x):
+        """The fused forward, each launch replaying its site's launch plan unchecked where it
+        has one: only for the model's ``PlanGate`` walk (fusedres/plans.py)."""
+        folds = self._folds
+        out = x
+        for i in range(len(folds) - 1):
+            plan = folds[i].plans.get(out.shape)
+            y = None if plan is None else plan(out)
+            out = self._launch(i, out, x) if y is None else y
+        plan = folds[-1].plans.get(out.shape)
+        y = None
+        if plan is not None:
+            y = plan(out, x) if self.downsample is None else plan(out, None, x)
+        return self._launch(len(folds) - 1, out, x) if y is None else y
+
+    def _launch(self, i, out, x):
+        conv, bn = (getattr(self, name) for name in self._PAIRS[i])
+        if i < len(self._PAIRS) - 1:
+            return ops.conv_bn_act(out, conv, bn, self._folds[i], relu=True)
+        if self.downsample is not None:
+            # The downsample (1x1 conv + BN) accumulates into this launch's tile.
+            return ops.conv_bn_act(out, conv, bn, self._folds[i], relu=True,
+                                   shortcut=(self.downsample[0], self.downsample[1], x))
+        return ops.conv_bn_act(out, conv, bn, self._folds[i], relu=True, residual=x)
 
 
 class FusedBasicBlock(_FusedBlock):
@@ -156,6 +175,7 @@ class FusedResNet(LoadsAtomically, nn.Module):
                 elif isinstance(m, FusedBasicBlock) and m.bn2.weight is not None:
                     nn.init.constant_(m.bn2.weight, 0)
         self._stem_fold = FoldCache()
+        self._plan_gate = PlanGate()
 
     def _make_layer(self, block, planes, blocks, stride=1, dilate=False):
         norm_layer = self._norm_layer
@@ -181,8 +201,34 @@ class FusedResNet(LoadsAtomically, nn.Module):
             return self.relu(self.bn1(self.conv1(x)))
         return ops.conv_bn_act(x, self.conv1, self.bn1, self._stem_fold, relu=True)
 
+    def plan_walk(self):
+        """For ``PlanGate``: the modules a forward that replays launch plans walks past
+        without calling (the layers and the fused blocks), and what it calls instead, in
+        order (each fused block's ``replay_forward``, any other block itself)."""
+        walked, steps = [], []
+        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+            if type(layer) is not nn.Sequential:
+                steps.append(layer)
+                continue
+            walked.append(layer)
+            for block in layer:
+                if isinstance(block, _FusedBlock):
+                    walked.append(block)
+                    steps.append(block.replay_forward)
+                else:
+                    steps.append(block)
+        return walked, steps
+
     def forward(self, x):
-        x = self.maxpool(self._stem(x))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        steps = self._plan_gate.steps(self, x)
+        if steps is None:
+            x = self.maxpool(self._stem(x))
+            x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        else:
+            # Launch plans replayed (fusedres/plans.py), the blocks walked without calls.
+            y = self._stem_fold.replay(x)
+            x = self.maxpool(self._stem(x) if y is None else y)
+            for step in steps:
+                x = step(x)
         x = torch.flatten(self.avgpool(x), 1)
         return self.fc(x)

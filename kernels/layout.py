@@ -18,12 +18,14 @@ def pack_weight(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return weight.permute(2, 3, 1, 0).reshape(-1, c_out).to(dtype).contiguous()
 
 
-def pad_channels(x: torch.Tensor, weight: torch.Tensor, pad_c: int, taps: int):
+def pad_channels(x: torch.Tensor, pad_c: int) -> torch.Tensor:
     """``x`` ([N, C, H, W], any memory format) as a channels_last [N, pad_c, H, W] tensor with
-    zero channels after the first C, in one copy; the packed weight [taps*C, C_out] as
-    [taps*pad_c, C_out] with zero rows for those channels.  (The stem's strip walk loads a
-    4-channel pixel as one 8-byte vector.)"""
-    c = x.shape[1]
-    xp = F.pad(x.permute(0, 2, 3, 1), (0, pad_c - c)).permute(0, 3, 1, 2)
-    wp = F.pad(weight.view(taps, c, -1), (0, 0, 0, pad_c - c)).view(taps * pad_c, -1)
-    return xp, wp
+    zero channels after the first C, in one copy.  (The stem's strip walk loads a 4-channel
+    pixel as one 8-byte vector.)"""
+    return F.pad(x.permute(0, 2, 3, 1), (0, pad_c - x.shape[1])).permute(0, 3, 1, 2)
+
+
+def pad_weight_rows(weight: torch.Tensor, c: int, pad_c: int, taps: int) -> torch.Tensor:
+    """The packed weight [taps*c, C_out] of a ``c``-channel input as [taps*pad_c, C_out], with
+    zero rows for the channels ``pad_channels`` adds."""
+    return F.pad(weight.view(taps, c, -1), (0, 0, 0, pad_c - c)).view(taps * pad_c, -1)

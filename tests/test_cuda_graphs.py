@@ -1,5 +1,5 @@
 """``fusedres.CUDAGraphRunner``: its bounds (LRU of captured graphs), batch-size bucketing,
-its staleness checks (``ModelWatch``, full and cheap), and replays
+its staleness checks (tests/test_watch.py tests ``ModelWatch`` itself), and replays
 against eager.  The bookkeeping runs on CPU with a stand-in for graph capture
 (``CPUGraphRunner``); the same behaviour with real CUDA graphs is GPU-marked.  CUDA graphs
 inside ``torch.compile(mode="reduce-overhead")``: tests/test_library.py."""
@@ -9,12 +9,11 @@ import torchvision
 from torch import nn
 
 import fusedres
-from fusedres.cuda_graphs import LRU, CUDAGraphRunner, ModelWatch, bucket_size
+from fusedres.cuda_graphs import LRU, CUDAGraphRunner, bucket_size
 
 from .conftest import TF32
 from .numerics import assert_close_to_reference, model_tol, randomize_bn
-from .builders import (CPUGraphRunner, built_in_inference_mode, eager_and_fused,
-                       float64_reference, tiny_fused_model)
+from .builders import CPUGraphRunner, eager_and_fused, float64_reference, tiny_fused_model
 
 TOL = model_tol(TF32)
 
@@ -117,68 +116,6 @@ class TestRunnerBookkeeping:
             runner.invalidate()
             torch.testing.assert_close(runner(x), model(x))
             assert runner.captures == [2, 2, 2, 2]
-
-
-class TestModelWatch:
-    """Issue 9, item 4: the CUDA-graph runner's staleness check, exercised on CPU."""
-
-    @pytest.fixture
-    def fused(self):
-        return fusedres.fuse(randomize_bn(torchvision.models.resnet18())).eval()
-
-    def test_unchanged(self, fused):
-        watch = ModelWatch(fused)
-        assert not watch.changed()
-        nn.Linear(4, 4)  # registers parameters elsewhere: the watch looks again, finds nothing
-        assert not watch.changed()
-        assert not watch.changed()
-
-    @pytest.mark.parametrize("change", [
-        "in_place_weight", "in_place_running_var", "load_state_dict", "half_float_round_trip",
-        "replaced_parameter", "replaced_submodule", "replaced_block", "eps"])
-    def test_change_is_seen(self, fused, change):
-        watch = ModelWatch(fused)
-        with torch.no_grad():
-            if change == "in_place_weight":
-                fused.layer3[1].conv2.weight.neg_()
-            elif change == "in_place_running_var":
-                fused.layer2[0].downsample[1].running_var.mul_(3.0)
-            elif change == "load_state_dict":
-                fused.load_state_dict(torchvision.models.resnet18().state_dict())
-            elif change == "half_float_round_trip":
-                fused.half().float()
-            elif change == "replaced_parameter":
-                fused.fc.bias = nn.Parameter(torch.randn_like(fused.fc.bias))
-            elif change == "replaced_submodule":
-                fused.layer2[1].bn2 = randomize_bn(nn.BatchNorm2d(128)).eval()
-            elif change == "replaced_block":
-                fused.layer4[1] = fusedres.fuse(torchvision.models.resnet18()).layer4[1].eval()
-            elif change == "eps":
-                fused.layer1[0].bn1.eps = 0.5
-        assert watch.changed()
-
-    def test_inference_tensor_model(self):
-        fused = built_in_inference_mode()
-        watch = ModelWatch(fused)
-        assert not watch.changed()
-        with torch.inference_mode():
-            fused.load_state_dict(torchvision.models.resnet18().state_dict(), assign=True)
-        assert watch.changed()
-
-
-class TestCheapModelWatch:
-    def test_what_it_sees(self, torch_path):
-        fused = fusedres.fuse(randomize_bn(torchvision.models.resnet18())).eval()
-        watch = ModelWatch(fused, full=False)
-        assert not watch.changed()
-        with torch.no_grad():
-            fused.layer1[0].conv1.weight.neg_()
-        assert not watch.changed()  # in place: not seen, by design
-        fused.load_state_dict(torchvision.models.resnet18().state_dict())
-        assert watch.changed()
-        watch = ModelWatch(fused, full=False)
-        fused.layer2[1].bn2 = nn.BatchNorm2d(128).eval()
-        assert watch.changed()
 
 
 def _gpu_model():

@@ -3,6 +3,7 @@
     geometry.py      ConvGeometry: one launch's shapes, options and dtype; its kernel scalars
     configs.py       ConvConfig, the tile tables and the candidate policy
     launcher.py      conv_bn_act: checks, config choice, launch (and split-K's second kernel)
+    plan.py          LaunchPlan: a launch replayed without the launcher (guards + one call)
     kernel.py        the entry JIT kernel: tile mapping, K range, walks, epilogue
     walk_*.py        its K walks (taps, gathered, strips, tma, shortcut), @triton.jit
                      helpers Triton inlines
@@ -12,7 +13,8 @@
 """
 from .configs import ConvConfig
 from .geometry import ConvGeometry, Shortcut, conv_output_size
-from .launcher import Launch, conv_bn_act, record_launches
+from .launcher import Launch, conv_bn_act, conv_bn_act_with_plan, record_launches
+from .plan import LaunchPlan
 
-__all__ = ["ConvConfig", "ConvGeometry", "Launch", "Shortcut", "conv_bn_act",
-           "conv_output_size", "record_launches"]
+__all__ = ["ConvConfig", "ConvGeometry", "Launch", "LaunchPlan", "Shortcut", "conv_bn_act",
+           "conv_bn_act_with_plan", "conv_output_size", "record_launches"]

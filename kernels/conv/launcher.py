@@ -16,8 +16,8 @@ import triton
 
 from .. import autotune, runtime
 from ..checks import check_activation, check_launch_input, check_packed
-from ..layout import pad_channels
-from . import configs
+from ..layout import pad_channels, pad_weight_rows
+from . import configs, plan
 from .configs import ConvConfig
 from .geometry import ConvGeometry, Shortcut, conv_output_size
 from .kernel import conv_bn_act_kernel
@@ -83,6 +83,26 @@ def conv_bn_act(x, weight, bias, *, kernel_size, stride=1, padding=0, dilation=1
     config:   a ``ConvConfig`` to run instead of the one the launcher would pick.
     Returns the output as a channels_last [N, C_out, OH, OW] tensor.
     """
+    return _conv_bn_act(x, weight, bias, kernel_size, stride, padding, dilation, groups, relu,
+                        residual, shortcut, shortcut_pool, out, allow_tf32, config, False)[0]
+
+
+def conv_bn_act_with_plan(x, weight, bias, *, kernel_size, stride=1, padding=0, dilation=1,
+                          groups=1, relu=True, residual=None, shortcut=None,
+                          shortcut_pool=False, allow_tf32=None, folded=None):
+    """``conv_bn_act`` (same arguments, no ``out`` or ``config``), returning ``(out, plan)``:
+    a ``LaunchPlan`` that replays this launch for activations shaped, strided and aligned
+    like these (kernels/conv/plan.py), or None where there can be none: under the
+    interpreter, on a Triton outside ``plan.TESTED_TRITON``, with Triton launch hooks set, an
+    empty batch, or activations that are not 16-byte aligned.  ``folded`` is stored in the
+    plan as its ``folded`` (see LaunchPlan)."""
+    return _conv_bn_act(x, weight, bias, kernel_size, stride, padding, dilation, groups, relu,
+                        residual, shortcut, shortcut_pool, None, allow_tf32, None, True, folded)
+
+
+def _conv_bn_act(x, weight, bias, kernel_size, stride, padding, dilation, groups, relu,
+                 residual, shortcut, shortcut_pool, out, allow_tf32, config, with_plan,
+                 folded=None):
     check_launch_input("input", x)
     device, dtype = x.device, x.dtype
     kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
@@ -135,7 +155,8 @@ def conv_bn_act(x, weight, bias, *, kernel_size, stride=1, padding=0, dilation=1
                              f"the output's shape {out_shape}")
         xs = xs.contiguous(memory_format=torch.channels_last)
     else:
-        xs, ws = x, weight  # never read (HAS_SHORTCUT off); any valid pointers
+        xs, ws = weight, weight  # never read (HAS_SHORTCUT off): valid pointers that a
+        # plan can pass again unchanged
     if residual is not None:
         check_activation("residual", residual, device, dtype)
         if tuple(residual.shape) != out_shape:
@@ -164,15 +185,17 @@ def conv_bn_act(x, weight, bias, *, kernel_size, stride=1, padding=0, dilation=1
     if config is not None:
         configs.check_config(config, consts, dtype.itemsize)
     if n == 0:
-        return out
+        return out, None
     m = ints["M"]
     args = (x, weight, bias, xs, ws, residual if residual is not None else out, out, m)
+    last = {}  # what the last launch ran, for a plan: the real launch comes after any tuning
 
     def launch(config):
         kernel_args, kernel_consts = args, consts
         if config.pad_c:
             padded = geometry._replace(c_in=config.pad_c)
-            kernel_args = (*pad_channels(x_given, weight, config.pad_c, kh * kw), *args[2:])
+            kernel_args = (pad_channels(x_given, config.pad_c),
+                           pad_weight_rows(weight, c_in, config.pad_c, kh * kw), *args[2:])
             kernel_consts = padded.scalars(allow_tf32, runtime.INTERPRETED)[1]
         if config.tma and not _tma_ready(x, weight):
             config = config._replace(tma=False)
@@ -180,33 +203,74 @@ def conv_bn_act(x, weight, bias, *, kernel_size, stride=1, padding=0, dilation=1
         for launches in getattr(_recording, "lists", ()):
             launches.append(Launch(geometry, config, configs.walk(config, kernel_consts), grid,
                                    kernel_consts))
+        options = config.launch_options()
+        tail = (m, *_in_order(conv_bn_act_kernel, 8, {**kernel_consts, **options}))
+        last.update(config=config, weight=kernel_args[1])
         if config.split_k == 1:
-            conv_bn_act_kernel[grid](*kernel_args, **kernel_consts, **config.launch_options())
+            compiled = conv_bn_act_kernel[grid](*kernel_args, **kernel_consts, **options)
+            last["runs"] = [(compiled, grid, tail)]
             return
         # Split-K: partial sums into an fp32 workspace, then one small reduce + epilogue.
         part = torch.empty((config.split_k, m, c_out), device=device, dtype=torch.float32)
-        conv_bn_act_kernel[grid + (config.split_k,)](
-            *kernel_args[:6], part, *kernel_args[7:], **kernel_consts, **config.launch_options())
-        _split_k_epilogue(part, bias, residual, out, m, consts)
+        grid += (config.split_k,)
+        compiled = conv_bn_act_kernel[grid](
+            *kernel_args[:6], part, *kernel_args[7:], **kernel_consts, **options)
+        last["runs"] = [(compiled, grid, tail),
+                        _split_k_epilogue(part, bias, residual, out, m, consts)]
 
     if runtime.INTERPRETED:
         with runtime.INTERPRETER_LOCK:
             launch(config or configs.interpreter_config(m, consts))
-    else:
-        launch(config or choose_config(ints, consts, dtype, launch, device))
-    return out
+        return out, None
+    launch(config or choose_config(ints, consts, dtype, launch, device))
+    if not with_plan:
+        return out, None
+    return out, _plan(last, x_given, residual, shortcut, device, weight, bias, ws, out, folded)
+
+
+def _in_order(jit, start, named):
+    """The values of ``jit``'s parameters from the ``start``-th on, in its order, from
+    ``named`` (what the JIT binds the launch's keywords to; options such as num_warps are
+    not parameters)."""
+    return [named[name] for name in jit.arg_names[start:]]
+
+
+def _plan(last, x, residual, shortcut, device, weight, bias, ws, out, folded):
+    """A LaunchPlan of the launch that ``last`` describes, or None (see
+    ``conv_bn_act_with_plan``)."""
+    xs = None if shortcut is None else shortcut[0]
+    config = last["config"]
+    # The plan passes residual and xs as they come, and x too unless it pads or converts it.
+    as_given = [t for t in (residual, xs) if t is not None]
+    convert = not (config.pad_c or x.is_contiguous(memory_format=torch.channels_last))
+    if (not plan.supported_triton() or plan.launch_hooks_set()
+            or any(t.data_ptr() % 16 for t in (x, *as_given))
+            or not all(t.is_contiguous(memory_format=torch.channels_last) for t in as_given)
+            or any(compiled is None for compiled, _, _ in last["runs"])):
+        return None
+    stream = triton.runtime.driver.active.get_current_stream(
+        triton.runtime.driver.active.get_current_device())
+    return plan.LaunchPlan(
+        x=x, residual=residual, xs=xs, device=device, stream=stream, weight=last["weight"],
+        bias=bias, ws=ws, out_shape=out.shape,
+        out_stride=out.stride(), pad=config.pad_c, convert=convert,
+        runs=[plan.Run(*run) for run in last["runs"]],
+        split=None if config.split_k == 1 else (config.split_k, out.numel() // out.shape[1],
+                                                out.shape[1]),
+        tma=config.tma, folded=folded)
 
 
 def output_tiles(m, consts, config):
     """The programs one group's output takes with ``config``'s tile: M tiles (runs of BLOCK_M
     pixels, or patches of rows of one image) x N tiles."""
     oh, ow = consts["OH"], consts["OW"]
+    # Integer arithmetic: triton.cdiv is a ConstexprFunction, ~1.5 us per host call.
     if config.patch_w:
         rows = config.block_m // config.patch_w
-        m_tiles = (m // (oh * ow)) * triton.cdiv(oh, rows) * triton.cdiv(ow, config.patch_w)
+        m_tiles = (m // (oh * ow)) * -(-oh // rows) * -(-ow // config.patch_w)
     else:
-        m_tiles = triton.cdiv(m, config.block_m)
-    return m_tiles * triton.cdiv(consts["C_out"] // consts["GROUPS"], config.block_n)
+        m_tiles = -(-m // config.block_m)
+    return m_tiles * -(-(consts["C_out"] // consts["GROUPS"]) // config.block_n)
 
 
 def _tma_ready(x, weight):
@@ -222,19 +286,26 @@ def _tma_ready(x, weight):
 def _split_k_epilogue_blocks(m, c_out):
     """(BLOCK_M, BLOCK_N) of the split-K epilogue: small row blocks on a GPU, where M is small
     and the reduction wants many programs; the whole tensor in few programs when interpreted."""
-    block_n = min(128, max(16, triton.next_power_of_2(c_out)))
-    block_m = min(128, max(16, triton.next_power_of_2(m))) if runtime.INTERPRETED else 16
+    block_n = min(128, max(16, _next_power_of_2(c_out)))
+    block_m = min(128, max(16, _next_power_of_2(m))) if runtime.INTERPRETED else 16
     return block_m, block_n
 
 
+def _next_power_of_2(n):
+    return 1 << (n - 1).bit_length()
+
+
 def _split_k_epilogue(part, bias, residual, out, m, consts):
+    """Launches split-K's reduce + epilogue kernel; returns (compiled kernel, grid, the
+    arguments after the four tensors) for a plan."""
     c_out = consts["C_out"]
     block_m, block_n = _split_k_epilogue_blocks(m, c_out)
-    grid = (triton.cdiv(m, block_m), triton.cdiv(c_out, block_n))
-    split_k_epilogue_kernel[grid](
-        part, bias, residual if residual is not None else out, out, m, C_out=c_out,
-        SPLIT_K=part.shape[0], HAS_RESIDUAL=consts["HAS_RESIDUAL"], RELU=consts["RELU"],
-        BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4)
+    grid = (-(-m // block_m), -(-c_out // block_n))
+    named = dict(C_out=c_out, SPLIT_K=part.shape[0], HAS_RESIDUAL=consts["HAS_RESIDUAL"],
+                 RELU=consts["RELU"], BLOCK_M=block_m, BLOCK_N=block_n)
+    compiled = split_k_epilogue_kernel[grid](
+        part, bias, residual if residual is not None else out, out, m, **named, num_warps=4)
+    return compiled, grid, (m, *_in_order(split_k_epilogue_kernel, 5, named))
 
 
 def choose_config(ints, consts, dtype, launch, device):

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from fusedres.kernels import pack_weight
-from fusedres.kernels.layout import pad_channels
+from fusedres.kernels.layout import pad_channels, pad_weight_rows
 
 
 def test_packed_rows_are_tap_major():
@@ -17,7 +17,7 @@ def test_packed_rows_are_tap_major():
 def test_pad_channels_appends_zero_channels():
     x = torch.randn(2, 3, 5, 4)
     weight = pack_weight(torch.randn(8, 3, 7, 7), torch.float32)
-    xp, wp = pad_channels(x, weight, 4, 49)
+    xp, wp = pad_channels(x, 4), pad_weight_rows(weight, 3, 4, 49)
     assert xp.shape == (2, 4, 5, 4) and xp.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(xp[:, :3], x) and not xp[:, 3].any()
     assert wp.shape == (49 * 4, 8)

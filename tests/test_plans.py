@@ -1,0 +1,94 @@
+"""fusedres/plans.py: when a fused model replays its launch plans unchecked, and that no plan
+outlives a change to the model.
+
+The stand-in GPU checks (tests/standin_runner.py, a fresh process without the interpreter)
+run the CUDA path on CPU tensors; under the interpreter no plan is ever made; on a GPU,
+replayed plans give bit-identical outputs."""
+import pytest
+import torch
+
+import fusedres
+from fusedres import kernels, ops
+
+from .builders import eager_and_fused, tiny_fused_model
+from .conftest import DEVICE
+from .standin_runner import run_checks
+
+
+@pytest.fixture(scope="module")
+def checks():
+    return run_checks(["model_gate", "staleness"])
+
+
+def _result(checks, name):
+    assert "error" not in checks[name], checks[name]["error"]
+    return checks[name]
+
+
+# Per forward of a fused ResNet-18 (17 launches): normal launches, and whether the gate let it
+# replay plans unchecked.
+GATE = {
+    "first": dict(launches=17, replays=True),      # builds the plans
+    "second": dict(launches=0, replays=True),
+    # A hook on a block: the blocks are called (the hook fires once) and each launch checks
+    # its folds before replaying its plan.
+    "block hook": dict(launches=0, replays=False, hook_calls=1),
+    "hook removed": dict(launches=0, replays=True),
+    "autograd": dict(launches=0, replays=False),   # eager modules, for the gradients
+    "no parameter needs grad": dict(launches=0, replays=True),
+    "autocast": dict(launches=17, replays=False),  # bf16 launches, checked per launch
+    "train mode": dict(launches=0, replays=False),  # eager, updating the running stats
+    "eval again": dict(launches=17, replays=True),  # ... which changed: plans made anew
+}
+
+
+def test_gate(checks):
+    assert _result(checks, "model_gate") == GATE
+
+
+CHANGES = ["in_place_weight", "in_place_running_var", "load_state_dict",
+           "float_half_round_trip", "replaced_parameter", "replaced_submodule", "replaced_block",
+           "eps", "stem"]
+
+
+@pytest.mark.parametrize("change", CHANGES)
+def test_no_plan_survives_a_change(checks, change):
+    result = _result(checks, "staleness")[change]
+    assert result["launches_after_change"] > 0  # the forward after the change built plans
+    assert result["stale"] == []                # none holds weights other than a fresh fold
+    assert result["launches_next"] == 0         # and the next forward replays them
+
+
+def test_forget_folds_drops_plans(checks):
+    assert _result(checks, "staleness")["forget_folds"] == {"plans": 0}
+
+
+def test_interpreter_never_plans():
+    if not kernels.INTERPRETED:
+        pytest.skip("runs under the Triton interpreter (the CPU test suite)")
+    model = tiny_fused_model()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.inference_mode():
+        model(x)
+    assert not any(fold.plans for fold in fusedres.folding.fold_caches(model.modules()))
+    resnet = fusedres.resnet18().eval()
+    with torch.inference_mode():
+        assert resnet._plan_gate.steps(resnet, x) is None
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_gpu_replayed_plans_are_bit_identical(name, monkeypatch):
+    _, fused = eager_and_fused(name)
+    fused = fused.half()
+    x = torch.randn(1, 3, 224, 224, device=DEVICE).half()
+    with torch.inference_mode():
+        monkeypatch.setattr(ops, "LAUNCH_PLANS", False)
+        normal = fused(x)
+        monkeypatch.setattr(ops, "LAUNCH_PLANS", True)
+        fused(x)  # builds the plans
+        with kernels.record_launches() as launches:
+            replayed = fused(x)
+    assert launches == []  # every launch replayed
+    assert torch.equal(normal, replayed)
+    assert not torch.isnan(replayed).any()

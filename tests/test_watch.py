@@ -1,0 +1,74 @@
+"""``fusedres.watch.ModelWatch``: one pass over a model tells whether anything its fused
+launches depend on changed (CUDA graph replays and launch plans rely on it)."""
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import fusedres
+from fusedres.watch import ModelWatch
+
+from .builders import built_in_inference_mode
+from .numerics import randomize_bn
+
+
+class TestModelWatch:
+    """The full check (every parameter, buffer and eps), exercised on CPU."""
+
+    @pytest.fixture
+    def fused(self):
+        return fusedres.fuse(randomize_bn(torchvision.models.resnet18())).eval()
+
+    def test_unchanged(self, fused):
+        watch = ModelWatch(fused)
+        assert not watch.changed()
+        nn.Linear(4, 4)  # registers parameters elsewhere: the watch looks again, finds nothing
+        assert not watch.changed()
+        assert not watch.changed()
+
+    @pytest.mark.parametrize("change", [
+        "in_place_weight", "in_place_running_var", "load_state_dict", "half_float_round_trip",
+        "replaced_parameter", "replaced_submodule", "replaced_block", "eps"])
+    def test_change_is_seen(self, fused, change):
+        watch = ModelWatch(fused)
+        with torch.no_grad():
+            if change == "in_place_weight":
+                fused.layer3[1].conv2.weight.neg_()
+            elif change == "in_place_running_var":
+                fused.layer2[0].downsample[1].running_var.mul_(3.0)
+            elif change == "load_state_dict":
+                fused.load_state_dict(torchvision.models.resnet18().state_dict())
+            elif change == "half_float_round_trip":
+                fused.half().float()
+            elif change == "replaced_parameter":
+                fused.fc.bias = nn.Parameter(torch.randn_like(fused.fc.bias))
+            elif change == "replaced_submodule":
+                fused.layer2[1].bn2 = randomize_bn(nn.BatchNorm2d(128)).eval()
+            elif change == "replaced_block":
+                fused.layer4[1] = fusedres.fuse(torchvision.models.resnet18()).layer4[1].eval()
+            elif change == "eps":
+                fused.layer1[0].bn1.eps = 0.5
+        assert watch.changed()
+
+    def test_inference_tensor_model(self):
+        fused = built_in_inference_mode()
+        watch = ModelWatch(fused)
+        assert not watch.changed()
+        with torch.inference_mode():
+            fused.load_state_dict(torchvision.models.resnet18().state_dict(), assign=True)
+        assert watch.changed()
+
+
+class TestCheapModelWatch:
+    def test_what_it_sees(self, torch_path):
+        fused = fusedres.fuse(randomize_bn(torchvision.models.resnet18())).eval()
+        watch = ModelWatch(fused, full=False)
+        assert not watch.changed()
+        with torch.no_grad():
+            fused.layer1[0].conv1.weight.neg_()
+        assert not watch.changed()  # in place: not seen, by design
+        fused.load_state_dict(torchvision.models.resnet18().state_dict())
+        assert watch.changed()
+        watch = ModelWatch(fused, full=False)
+        fused.layer2[1].bn2 = nn.BatchNorm2d(128).eval()
+        assert watch.changed()
