@@ -24,6 +24,8 @@
 #                                 one test autotunes): every new shape compiles, one at a time
 #   inspect        90    26       sm_90 ResNet-50 fp16 table (compiles hit Triton's cache)
 #   models_small   60    26-32    fp16 batch 1 (launch-bound: CUDA graphs), ResNet-18/50
+#   host           45    -        host time per launch, launch plans vs the normal path (new;
+#                                 ~8 s on the CPU stand-in)
 #
 # Runs from the source checkout (PYTHONPATH), no pip install: torch, triton, torchvision,
 # pytest, pytest-benchmark and hypothesis must be installed.  Stage output, JSON, the
@@ -75,7 +77,7 @@ stage() {
     pack
 }
 
-log "plan (limits, s): warmup 90, first_call 50, models 110, layers 60, gpu_tests 120, inspect 90, models_small 60; total budget ${TOTAL}s"
+log "plan (limits, s): warmup 90, first_call 50, models 110, layers 60, gpu_tests 120, inspect 90, models_small 60, host 45; total budget ${TOTAL}s"
 
 if python -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
     DRY=0
@@ -154,6 +156,10 @@ fi
 
 stage models_small 60 "${BENCH[@]}" benchmarks/test_models.py -k "$SMALL" --bench-compile off \
     --benchmark-json "$WORK/models_small.json"
+
+# Host time per fused launch at batch 1, launch plans against the normal path (on a CPU: the
+# stand-in GPU).
+stage host 45 "${BENCH[@]}" benchmarks/test_host_overhead.py --benchmark-json "$WORK/host.json"
 
 JSONS=()
 for f in models layers models_small; do [ -s "$WORK/$f.json" ] && JSONS+=("$WORK/$f.json"); done

@@ -15,6 +15,8 @@ autograd not recording, and no forward hooks on the modules a replay walks past 
 calling them (the model's ``plan_walk()``: its layers and blocks) nor global ones.  Otherwise the model runs its modules as
 usual, and each launch checks its own folds before using its plan.
 """
+import functools
+
 import torch
 from torch import nn
 from torch.nn.modules import module as nn_module
@@ -35,7 +37,8 @@ class PlanGate:
         self._parameters = ()
 
     def steps(self, model: nn.Module, x: torch.Tensor):
-        """None, or the steps (callables) of ``model.plan_walk()`` when this forward of
+        """None, or the steps (callables) of ``model.plan_walk()`` (``block_walk``) when this
+        forward of
         ``model`` on ``x`` may replay its sites' plans unchecked (``FoldCache.replay``).
         Drops every plan first when anything changed."""
         if model.training or not ops.plans_launches(x) or ops.tracing():
@@ -66,3 +69,40 @@ class PlanGate:
 
     def __setstate__(self, state):
         self.__init__()
+
+
+def block_walk(model, replayable):
+    """``plan_walk()`` of a ResNet with ``layer1`` .. ``layer4``: the layers (when
+    ``nn.Sequential``) and the blocks for which ``replayable(block)`` holds are walked past;
+    the steps are ``replay_block`` for those blocks, any other block or layer itself."""
+    walked, steps = [], []
+    for layer in (model.layer1, model.layer2, model.layer3, model.layer4):
+        if type(layer) is not nn.Sequential:
+            steps.append(layer)
+            continue
+        walked.append(layer)
+        for block in layer:
+            if replayable(block):
+                walked.append(block)
+                steps.append(functools.partial(replay_block, block))
+            else:
+                steps.append(block)
+    return walked, steps
+
+
+def replay_block(block, x):
+    """A fused residual block's forward with each launch replaying its site's plan unchecked
+    where it has one (else ``block._launch(i, out, x)``, the normal launch).  The block has
+    ``_folds`` (one per launch), ``downsample`` (None: identity residual; else fused into
+    the last launch) and ``_launch``."""
+    folds = block._folds
+    out = x
+    for i in range(len(folds) - 1):
+        plan = folds[i].plans.get(out.shape)
+        y = None if plan is None else plan(out)
+        out = block._launch(i, out, x) if y is None else y
+    plan = folds[-1].plans.get(out.shape)
+    y = None
+    if plan is not None:
+        y = plan(out, x) if block.downsample is None else plan(out, None, x)
+    return block._launch(len(folds) - 1, out, x) if y is None else y

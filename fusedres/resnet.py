@@ -19,7 +19,7 @@ from torch import nn
 
 from . import ops
 from .folding import FoldCache, LoadsAtomically
-from .plans import PlanGate
+from .plans import PlanGate, block_walk
 
 
 def _conv3x3(in_planes, out_planes, stride=1, groups=1, dilation=1):
@@ -60,21 +60,6 @@ class _FusedBlock(LoadsAtomically, nn.Module):
         for i in range(len(self._folds)):
             out = self._launch(i, out, x)
         return out
-
-    def replay_forward(self, x):
-        """The fused forward, each launch replaying its site's launch plan unchecked where it
-        has one: only for the model's ``PlanGate`` walk (fusedres/plans.py)."""
-        folds = self._folds
-        out = x
-        for i in range(len(folds) - 1):
-            plan = folds[i].plans.get(out.shape)
-            y = None if plan is None else plan(out)
-            out = self._launch(i, out, x) if y is None else y
-        plan = folds[-1].plans.get(out.shape)
-        y = None
-        if plan is not None:
-            y = plan(out, x) if self.downsample is None else plan(out, None, x)
-        return self._launch(len(folds) - 1, out, x) if y is None else y
 
     def _launch(self, i, out, x):
         conv, bn = (getattr(self, name) for name in self._PAIRS[i])
@@ -202,22 +187,9 @@ class FusedResNet(LoadsAtomically, nn.Module):
         return ops.conv_bn_act(x, self.conv1, self.bn1, self._stem_fold, relu=True)
 
     def plan_walk(self):
-        """For ``PlanGate``: the modules a forward that replays launch plans walks past
-        without calling (the layers and the fused blocks), and what it calls instead, in
-        order (each fused block's ``replay_forward``, any other block itself)."""
-        walked, steps = [], []
-        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
-            if type(layer) is not nn.Sequential:
-                steps.append(layer)
-                continue
-            walked.append(layer)
-            for block in layer:
-                if isinstance(block, _FusedBlock):
-                    walked.append(block)
-                    steps.append(block.replay_forward)
-                else:
-                    steps.append(block)
-        return walked, steps
+        """For ``PlanGate``: the layers and fused blocks a forward that replays launch plans
+        walks past, and the steps it calls instead (fusedres/plans.py)."""
+        return block_walk(self, lambda block: isinstance(block, _FusedBlock))
 
     def forward(self, x):
         steps = self._plan_gate.steps(self, x)

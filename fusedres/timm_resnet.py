@@ -21,7 +21,9 @@ autograd not recording (see ``fusedres.ops``):
                 own layers; the downsample (if any) one launch; then gate * y + shortcut
                 and the ReLU as one elementwise pass (``ops.scale_add_act``)
 
-Train mode, and eval mode while autograd records, run timm's eager forward.  timm's
+On the GPU, a forward that the model's ``PlanGate`` trusts replays launch plans, walking
+the attention-free blocks directly (fusedres/plans.py).  Train mode, and eval mode while
+autograd records, run timm's eager forward.  timm's
 ``forward_intermediates`` (not overridden) runs the stem eagerly and the blocks fused.
 """
 import copy
@@ -34,6 +36,7 @@ from torch import nn
 
 from . import ops
 from .folding import FoldCache, LoadsAtomically
+from .plans import PlanGate, block_walk
 from .supported import (UnsupportedModelError, check_children, check_foldable, check_relu,
                         check_shortcut_conv, expect_type, type_name)
 
@@ -95,23 +98,32 @@ class _FusedTimmBlock(LoadsAtomically):
         if self.training or ops.records_autograd(x, self):
             return super().forward(x)
         out = x
-        *firsts, (conv, bn) = [(getattr(self, c), getattr(self, b)) for c, b in self._PAIRS]
-        for (c, b), cache in zip(firsts, self._folds):
-            out = ops.conv_bn_act(out, c, b, cache, relu=True)
-        ds, cache = self.downsample, self._folds[-1]
+        for i in range(len(self._folds) - 1):
+            out = self._launch(i, out, x)
         if self.se is None:
-            if ds is None:
-                return ops.conv_bn_act(out, conv, bn, cache, relu=True, residual=x)
-            return ops.conv_bn_act(out, conv, bn, cache, relu=True,
-                                   shortcut=(ds[-2], ds[-1], x), shortcut_pool=_pooled(ds))
+            return self._launch(len(self._folds) - 1, out, x)
         # The gate needs the whole of bn(conv(out)) before anything is added to it.
-        y = ops.conv_bn_act(out, conv, bn, cache, relu=False)
+        conv, bn = (getattr(self, name) for name in self._PAIRS[-1])
+        y = ops.conv_bn_act(out, conv, bn, self._folds[-1], relu=False)
         gate = ATTENTION_GATES[type(self.se)](self.se, y)
-        shortcut = x
+        shortcut, ds = x, self.downsample
         if ds is not None:
             shortcut = ops.conv_bn_act(ds[0](x) if _pooled(ds) else x, ds[-2], ds[-1],
                                        self._shortcut_fold, relu=False)
         return ops.scale_add_act(y, gate.to(y.dtype), shortcut.to(y.dtype), relu=True)
+
+    def _launch(self, i, out, x):
+        """Launch ``i`` of a block without attention: conv-BN-ReLU, the last one with the
+        residual or the (pooled) 1x1 downsample."""
+        conv, bn = (getattr(self, name) for name in self._PAIRS[i])
+        cache = self._folds[i]
+        if i < len(self._PAIRS) - 1:
+            return ops.conv_bn_act(out, conv, bn, cache, relu=True)
+        ds = self.downsample
+        if ds is None:
+            return ops.conv_bn_act(out, conv, bn, cache, relu=True, residual=x)
+        return ops.conv_bn_act(out, conv, bn, cache, relu=True, shortcut=(ds[-2], ds[-1], x),
+                               shortcut_pool=_pooled(ds))
 
 
 class FusedTimmBasicBlock(_FusedTimmBlock, timm_resnet.BasicBlock):
@@ -132,6 +144,14 @@ class FusedTimmResNet(LoadsAtomically, timm_resnet.ResNet):
     def _init_caches(self):
         self._stem_folds = [FoldCache() for _ in self._stem_pairs()]
         self._stem_pool_fold = FoldCache()
+        self._plan_gate = PlanGate()
+
+    def plan_walk(self):
+        """For ``PlanGate``: the layers and attention-free fused blocks a forward that
+        replays launch plans walks past, and the steps it calls instead
+        (fusedres/plans.py)."""
+        return block_walk(self, lambda block: isinstance(block, _FusedTimmBlock)
+                          and block.se is None)
 
     def _stem_pairs(self):
         """The stem's (conv, bn) pairs, each followed by a ReLU (looked up on every call, so
@@ -141,13 +161,20 @@ class FusedTimmResNet(LoadsAtomically, timm_resnet.ResNet):
             return ((c[0], c[1]), (c[3], c[4]), (c[6], self.bn1))
         return ((self.conv1, self.bn1),)
 
-    def _stem(self, x):
+    def _stem(self, x, replay=False):
+        """The stem; ``replay``: the gate vouched for this forward (each launch replays its
+        plan unchecked where it has one)."""
         pairs = self._stem_pairs()
-        if ops.records_autograd(x, *(m for pair in pairs for m in pair), self.maxpool):
+        if not replay and ops.records_autograd(x, *(m for pair in pairs for m in pair),
+                                               self.maxpool):
             return self.maxpool(self.act1(self.bn1(self.conv1(x))))
         for (conv, bn), cache in zip(pairs, self._stem_folds):
-            x = ops.conv_bn_act(x, conv, bn, cache, relu=True)
+            y = cache.replay(x) if replay else None
+            x = ops.conv_bn_act(x, conv, bn, cache, relu=True) if y is None else y
         if isinstance(self.maxpool, nn.Sequential):  # replace_stem_pool: conv-BN-act
+            y = self._stem_pool_fold.replay(x) if replay else None
+            if y is not None:
+                return y
             return ops.conv_bn_act(x, self.maxpool[0], self.maxpool[1], self._stem_pool_fold,
                                    relu=True)
         return self.maxpool(x)
@@ -155,8 +182,15 @@ class FusedTimmResNet(LoadsAtomically, timm_resnet.ResNet):
     def forward_features(self, x):
         if self.training:
             return super().forward_features(x)
-        x = self._stem(x)
-        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        steps = self._plan_gate.steps(self, x)
+        if steps is None:
+            x = self._stem(x)
+            return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        # Launch plans replayed (fusedres/plans.py), the blocks walked without calls.
+        x = self._stem(x, replay=True)
+        for step in steps:
+            x = step(x)
+        return x
 
 
 _FUSED_BLOCKS = {timm_resnet.BasicBlock: FusedTimmBasicBlock,

@@ -92,11 +92,12 @@ def check_same_calls():
                     gpu.calls.clear()
                     with kernels.record_launches() as replayed:
                         model(x)
+                    gate = model._plan_gate.steps(model, x) is not None
                     diffs = [d for pair in zip(jit_calls, gpu.calls) for d in _same_call(*pair)]
                 results.append(dict(
                     case=f"{name} {choice} {dtype_name} batch {batch}", diffs=diffs[:5],
                     launches=len(normal), calls=len(jit_calls), replay_calls=len(gpu.calls),
-                    normal_launches_in_replay=len(replayed),
+                    normal_launches_in_replay=len(replayed), gate=gate,
                     options=sorted({w for launch in normal for w in (
                         launch.config.options().split() + (
                             ["pooled-shortcut"] if launch.geometry.shortcut is not None

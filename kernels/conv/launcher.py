@@ -246,7 +246,8 @@ def _plan(last, x, residual, shortcut, device, weight, bias, ws, out, folded):
     if (not plan.supported_triton() or plan.launch_hooks_set()
             or any(t.data_ptr() % 16 for t in (x, *as_given))
             or not all(t.is_contiguous(memory_format=torch.channels_last) for t in as_given)
-            or any(compiled is None for compiled, _, _ in last["runs"])):
+            or any(getattr(compiled, "function", None) is None
+                   for compiled, _, _ in last["runs"])):  # not compiled (a jit_cache_hook)
         return None
     stream = triton.runtime.driver.active.get_current_stream(
         triton.runtime.driver.active.get_current_device())
