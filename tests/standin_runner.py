@@ -28,7 +28,6 @@ def run_checks(names, timeout=600):
 
 def _models():
     import timm
-    import torch
     import torchvision
 
     import fusedres
@@ -36,7 +35,7 @@ def _models():
     from .numerics import randomize_bn
     for name in ("resnet18", "resnet50"):
         yield name, fusedres.fuse(randomize_bn(getattr(torchvision.models, name)()).eval())
-    # timm's ResNet-D: the 2x2-average-pooled shortcut, run by per-launch plans.
+    # timm's ResNet-D: the 2x2-average-pooled shortcut.
     yield "timm:resnet50d", fusedres.fuse(randomize_bn(timm.create_model("resnet50d")).eval())
 
 
