@@ -31,9 +31,10 @@ def pytest_addoption(parser):
                          "is below X; 'auto' (default): the documented default for the device "
                          f"({', '.join(f'{d} {v:g}' for d, v in gate.DEFAULT_MIN_SPEEDUP.items())})"
                          "; 0 shows the table without failing")
-    group.addoption("--bench-compile", default="auto", choices=["auto", "on", "off"],
-                    help="time torch.compile as a third contender; auto: on CUDA only "
-                         "(compiling on CPU costs minutes)")
+    group.addoption("--bench-compile", default="auto", choices=["auto", "on", "max", "off"],
+                    help="time torch.compile (default mode) as a contender; max: also "
+                         "compile_max (mode=max-autotune with freezing, CUDA; compiling takes "
+                         "minutes); auto: on on CUDA only (compiling on CPU costs minutes)")
     group.addoption("--bench-threads", type=int, default=None, metavar="N",
                     help="torch intra-op threads for CPU benchmarks (default: 1, see "
                          "docs/benchmarks.md)")
@@ -71,7 +72,10 @@ def device(request):
 
 @pytest.fixture(scope="session")
 def use_compile(request, device):
+    """``model_contenders``' compile_model: False, True (default mode) or "max" (both modes)."""
     choice = request.config.getoption("--bench-compile")
+    if choice == "max":
+        return "max"
     return choice == "on" or (choice == "auto" and device.type == "cuda")
 
 
@@ -89,13 +93,16 @@ def measure_pair(benchmark, device):
                 fn()
             recording.mark_used(benchmark)
             return
-        last = timing.warm_up(contenders, device, WARMUP_CALLS)
+        first = {}
+        last = timing.warm_up(contenders, device, WARMUP_CALLS, first)
         budget = budget_s if budget_s is not None else PAIR_BUDGET_S[device.type]
         rounds = timing.rounds_for_budget(sum(last.values()), budget,
                                           MIN_ROUNDS, MAX_ROUNDS[device.type])
         times = timing.interleaved(contenders, device, rounds)
         for name, series in times.items():
-            recording.record(benchmark, name, series, extra_info_for(timing.median(series)))
+            recording.record(benchmark, name, series,
+                             {**extra_info_for(timing.median(series)),
+                              "first_call_s": round(first[name], 3)})
 
     return measure
 

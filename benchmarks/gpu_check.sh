@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # One GPU check in one device call of at most 8 minutes (H100/H200, 16 cores): card and
 # versions, a parallel warm-up compile, the model and layer benchmarks (fp16 batch 256 first,
-# with torch.compile and CUDA graphs), the GPU tests, `fusedres inspect` for the card's
-# architecture and small batches; raw results and a markdown summary in OUTDIR.
+# with torch.compile and CUDA graphs), the GPU tests, small batches, host time per launch, and
+# last torch.compile max-autotune; raw results and a markdown summary in OUTDIR.
 #
 #   bash benchmarks/gpu_check.sh OUTDIR
 #
 # Time plan (seconds; each stage has a hard limit, cut to what is left of the 460 s total when
 # that is less, and the stage is skipped when under 20 s are left; the limits add up to more
-# than the total, so on a slow day the last stages, models_small first, are the ones cut).
+# than the total, so on a slow day the last stages, compile_max first, are the ones cut).
 # "took" is what two H200 runs measured (2026-11-28, benchmarks/results/); the estimates
 # before them came from counts made on CPU.
 #   stage         limit  took     what
@@ -22,10 +22,13 @@
 #   layers         60    26-31    34 layer geometries, tuner choices from disk
 #   gpu_tests     120    >82      pytest -m gpu, FUSEDRES_AUTOTUNE=0 (numerics, not the tuner;
 #                                 one test autotunes): every new shape compiles, one at a time
-#   inspect        90    26       sm_90 ResNet-50 fp16 table (compiles hit Triton's cache)
 #   models_small   60    26-32    fp16 batch 1 (launch-bound: CUDA graphs), ResNet-18/50
 #   host           45    -        host time per launch, launch plans vs the normal path (new;
 #                                 ~8 s on the CPU stand-in)
+#   compile_max   180    -        ResNet-50/18 fp16 b256 with torch.compile max-autotune +
+#                                 freezing (new; its compile time is unknown, so it is last).
+#                                 `fusedres inspect` left the GPU run for it: sm_90 code is
+#                                 inspected the same on a CPU machine (README).
 #
 # Runs from the source checkout (PYTHONPATH), no pip install: torch, triton, torchvision,
 # pytest, pytest-benchmark and hypothesis must be installed.  Stage output, JSON, the
@@ -77,13 +80,14 @@ stage() {
     pack
 }
 
-log "plan (limits, s): warmup 90, first_call 50, models 110, layers 60, gpu_tests 120, inspect 90, models_small 60, host 45; total budget ${TOTAL}s"
+log "plan (limits, s): warmup 90, first_call 50, models 110, layers 60, gpu_tests 120, models_small 60, host 45, compile_max 180; total budget ${TOTAL}s"
 
 if python -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
     DRY=0
     MODELS="resnet18 resnet34 resnet50"
     HEADLINE="float16 and b256 and not bfloat16"
     SMALL="(resnet18 or resnet50) and b1- and float16 and not bfloat16"
+    COMPILE_MAX="(resnet18 or resnet50) and float16 and b256 and not bfloat16"
     LAYERS=""
 else
     DRY=1
@@ -91,6 +95,7 @@ else
     MODELS="resnet18"
     HEADLINE="resnet18 and b1-"
     SMALL="resnet18 and b8-"
+    COMPILE_MAX="resnet18 and b8-"
     LAYERS="64x56x56-64-k3s1"
 fi
 
@@ -116,7 +121,6 @@ EOF
 environment >"$OUT/environment.txt" 2>&1
 cp -f "$OUT/environment.txt" "$WORK/"
 log "environment:"; sed 's/^/    /' "$OUT/environment.txt" | tee -a "$OUT/log.txt"
-ARCH=$(python -c "import torch; print('sm_%d%d' % torch.cuda.get_device_capability())" 2>/dev/null)
 
 if [ "$DRY" -eq 0 ]; then
     # shellcheck disable=SC2086
@@ -148,12 +152,6 @@ unset FUSEDRES_KERNEL_REPORT
 # On a CPU every GPU test skips with its reason (the command itself is checked).
 stage gpu_tests 120 env FUSEDRES_AUTOTUNE=0 python -m pytest tests -m gpu -q -p no:cacheprovider -rs
 
-if [ "$DRY" -eq 0 ] && { [ "$ARCH" = sm_80 ] || [ "$ARCH" = sm_90 ]; }; then
-    stage inspect 90 python -m fusedres inspect --model resnet50 --dtype float16 --arch "$ARCH"
-else
-    log "inspect: skipped (dry run, or no sm_80/sm_90 device: ${ARCH:-none})"
-fi
-
 stage models_small 60 "${BENCH[@]}" benchmarks/test_models.py -k "$SMALL" --bench-compile off \
     --benchmark-json "$WORK/models_small.json"
 
@@ -161,8 +159,14 @@ stage models_small 60 "${BENCH[@]}" benchmarks/test_models.py -k "$SMALL" --benc
 # stand-in GPU).
 stage host 45 "${BENCH[@]}" benchmarks/test_host_overhead.py --benchmark-json "$WORK/host.json"
 
+# The strongest torch.compile (max-autotune + freezing) beside fused, eager and default
+# compile, fp16 batch 256, ResNet-50 and -18; its compiles take minutes, so it comes last and
+# gets what the budget has left.
+stage compile_max 180 "${BENCH[@]}" benchmarks/test_models.py -k "$COMPILE_MAX" \
+    --bench-compile max --benchmark-json "$WORK/compile_max.json"
+
 JSONS=()
-for f in models layers models_small; do [ -s "$WORK/$f.json" ] && JSONS+=("$WORK/$f.json"); done
+for f in models layers models_small compile_max; do [ -s "$WORK/$f.json" ] && JSONS+=("$WORK/$f.json"); done
 if [ ${#JSONS[@]} -gt 0 ]; then
     python -m benchmarks.summary "${JSONS[@]}" --min-speedup 1.0 >"$OUT/summary.md" \
         || { STATUS=1; log "summary failed"; }

@@ -6,7 +6,11 @@ Contenders, all in inference mode on the same input:
   eager_nchw  torchvision's model as users run it by default (NCHW)
   fused       ``fusedres.fuse`` of the same model
   fused_graphs  (CUDA) the fused model replayed through CUDA graphs
+  fused_triton  (CUDA) a second fused model choosing among Triton configs only (no cuDNN
+              candidate): the kernels' own speed
   compile     ``torch.compile`` (default mode) of the channels_last eager model (``--compile``)
+  compile_max (CUDA, ``--compile-max``) ``torch.compile(mode="max-autotune")`` with Inductor's
+              freezing (BatchNorm folded into the convolutions)
 
 They are timed interleaved, round by round (see ``fusedres.timing``).  Progress goes to
 stderr, the result table to stdout.
@@ -64,7 +68,9 @@ def _inference(model, x):
 
 
 def model_contenders(name, batch, size, dtype, device, compile_model=False):
-    """``{contender: zero-argument callable returning the logits}`` for one configuration."""
+    """``{contender: zero-argument callable returning the logits}`` for one configuration.
+    ``compile_model``: False, True (``compile``) or "max" (``compile`` and, on CUDA,
+    ``compile_max``)."""
     from .cuda_graphs import CUDAGraphRunner
     from .fusing import fuse
 
@@ -82,9 +88,42 @@ def model_contenders(name, batch, size, dtype, device, compile_model=False):
     if device.type == "cuda":
         # Launch-bound small batches are what CUDA graphs are for (fusedres.CUDAGraphRunner).
         contenders["fused_graphs"] = _inference(CUDAGraphRunner(fused), x_cl)
+        # The Triton kernels alone (no cuDNN candidate), a model of its own so that its
+        # launch plans are its own: the kernels' own gap stays visible.
+        contenders["fused_triton"] = _triton_only(_inference(fuse(eager_nchw), x_cl))
     if compile_model:
         contenders["compile"] = _inference(torch.compile(eager_cl), x_cl)
+        if compile_model == "max" and device.type == "cuda":
+            contenders["compile_max"] = _compile_max(eager_cl, x_cl)
     return contenders
+
+
+def _triton_only(fn):
+    from .kernels import triton_only
+
+    def call():
+        with triton_only():
+            return fn()
+    return call
+
+
+def _compile_max(model, x):
+    """The strongest torch.compile: mode="max-autotune" (Triton GEMM/conv templates tuned
+    against cuDNN/cuBLAS) with Inductor's freezing, which folds BatchNorm into the
+    convolutions' weights.  Freezing is read when the graph compiles, on the first call."""
+    import torch._inductor.config as inductor_config
+
+    compiled = torch.compile(copy.deepcopy(model), mode="max-autotune")
+    calls = []
+
+    def call():
+        with torch.inference_mode():
+            if calls:
+                return compiled(x)
+            calls.append(1)
+            with inductor_config.patch(freezing=True):
+                return compiled(x)
+    return call
 
 
 def max_abs_differences(contenders, baseline=BASELINE):
@@ -142,6 +181,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", action="store_true",
                         help="also time torch.compile (default mode) of the eager model; "
                              "compiling takes a while")
+    parser.add_argument("--compile-max", action="store_true",
+                        help="also time torch.compile(mode='max-autotune') with freezing, on "
+                             "CUDA (implies --compile); compiling takes minutes")
     parser.add_argument("--seconds", type=positive_float,
                         help="timing budget after warm-up; at least 5 interleaved rounds are "
                              "timed however long they take (default: 30 on CPU, 20 on CUDA)")
@@ -188,10 +230,11 @@ def measure(args, device: torch.device) -> dict:
     dtype = DTYPES[args.dtype]
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    _say(f"building {args.model} (eager NCHW, eager channels_last, fused"
-         f"{', torch.compile' if args.compile else ''})")
-    contenders = model_contenders(args.model, args.batch, args.size, dtype, device, args.compile)
-    _say(_warm_up_message(device, args.compile))
+    compile_model = "max" if args.compile_max else args.compile
+    contenders = model_contenders(args.model, args.batch, args.size, dtype, device,
+                                  compile_model)
+    _say(f"built {args.model}: {', '.join(contenders)}")
+    _say(_warm_up_message(device, compile_model))
     last = timing.warm_up(contenders, device, calls=WARMUP_CALLS)
     differences = max_abs_differences(contenders)
     seconds_per_round = sum(last.values())
@@ -207,7 +250,24 @@ def measure(args, device: torch.device) -> dict:
                         "max_abs_diff_vs_eager": differences[name], "times_s": series})
     return {"config": {"model": args.model, "batch": args.batch, "size": args.size,
                        "dtype": args.dtype, "rounds": rounds},
-            "environment": environment(device), "results": results}
+            "environment": environment(device), "results": results,
+            "backends": backends(args.model, args.batch, args.size, dtype)}
+
+
+def backends(name, batch, size, dtype):
+    """``{launch geometry: what the tuner chose for it in this process}``: ``cudnn``, a Triton
+    config, or "-" where nothing was tuned (CPU, or autotuning off)."""
+    from .kernels import cudnn_allows_tf32
+    from .kernels.conv import launcher
+    from .model_names import create_fused
+    from .trace import trace_launches, unique
+    with torch.device("meta"):
+        fused = create_fused(name)
+    choices = {}
+    for geometry in unique(trace_launches(fused, batch, (size, size), dtype)):
+        config = launcher.chosen_config(geometry, cudnn_allows_tf32())
+        choices[geometry.describe()] = "-" if config is None else config.describe()
+    return choices
 
 
 def format_table(report: dict) -> str:
@@ -221,6 +281,10 @@ def format_table(report: dict) -> str:
         lines.append(f"{r['contender']:<12}{r['images_per_s']:>10.1f}{r['median_s'] * 1e3:>12.2f}"
                      f"{r['speedup_vs_eager']:>8.2f}x{r['max_abs_diff_vs_eager']:>21.2e}")
     lines.append("speedup = median eager (channels_last) latency / median contender latency")
+    chosen = report.get("backends", {})
+    if any(choice != "-" for choice in chosen.values()):
+        lines.append("fused launches: the tuner's choice (cudnn, or the Triton config)")
+        lines += [f"  {geometry:<60} {choice}" for geometry, choice in chosen.items()]
     return "\n".join(lines)
 
 

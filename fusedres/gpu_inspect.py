@@ -23,7 +23,7 @@ from .aot import TENSOR_CORE_OPS, CompileResult, Job
 from .cli import positive_int
 from .kernels import cudnn_allows_tf32
 from .kernels import ConvConfig, ConvGeometry
-from .kernels.conv import configs, launcher
+from .kernels.conv import configs, cudnn, launcher
 from . import model_names
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -158,11 +158,20 @@ def inspect_model(model_name, dtype, arch, batch=256, size=(224, 224), allow_tf3
              if config_text is None or config_text in c.describe()]
     jobs = [Job(geometry, config, arch, allow_tf32) for geometry, config in pairs]
     results = compile_jobs(jobs, workers, progress)
-    return [Row(geometry, config, arch, result)
+    rows = [Row(geometry, config, arch, result)
             for (geometry, config), result in zip(pairs, results)]
+    # The tuner's cuDNN candidate beside each geometry's tiles: nothing to compile.
+    if cudnn.allowed() and (config_text is None or config_text in configs.CUDNN.describe()):
+        rows += [Row(geometry, configs.CUDNN, arch, CompileResult())
+                 for geometry in dict.fromkeys(
+                     g for g in specialisations(model_name, dtype, batch, size)
+                     if geometry_text is None or geometry_text in g.describe())]
+    return rows
 
 
 def row_problems(row, allow_tf32):
+    if row.config.cudnn:
+        return []  # no Triton code to judge
     return check(row.result, row.arch, uses_tensor_cores(row.geometry, allow_tf32))
 
 
@@ -179,7 +188,9 @@ def issue_per_kfma(row):
 
 
 def programs(row):
-    """The launch's grid size at the traced batch."""
+    """The launch's grid size at the traced batch (None for the cuDNN backend)."""
+    if row.config.cudnn:
+        return None
     ints, consts = row.geometry.scalars(allow_tf32=False, interpreted=False)
     return (launcher.output_tiles(ints["M"], consts, row.config) * consts["GROUPS"]
             * row.config.split_k)
@@ -233,8 +244,8 @@ def format_table(rows, allow_tf32):
             "-" if ratio is None else f"{ratio:.2f}",
             {True: "yes", False: "no"}.get(r.serialised_mma, "-"),
             {True: "yes", False: "no"}.get(r.tma, "-"),
-            str(programs(row)),
-            "cached" if r.cached else f"{r.seconds:.1f}s",
+            _or_dash(programs(row)),
+            "-" if row.config.cudnn else "cached" if r.cached else f"{r.seconds:.1f}s",
             "ok" if not problems else "FAIL: " + "; ".join(problems),
         ))
     widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]

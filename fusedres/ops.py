@@ -6,12 +6,12 @@ Backends, chosen per call from the input tensor:
   * CPU tensors with ``TRITON_INTERPRET=1`` set before import: the same Triton kernel through
     the interpreter (slow; it is how the kernels are verified without a GPU).
   * other CPU tensors: the same folded computation through torch ops (folded conv, in-place
-    add and ReLU, channels_last), which skips eager's separate BatchNorm pass.
+    add and ReLU, channels_last: ``kernels.conv_bn_act_torch``, also the GPU tuner's cuDNN
+    candidate), which skips eager's separate BatchNorm pass.
 """
 import os
 
 import torch
-import torch.nn.functional as F
 
 from . import kernels, library, trace
 from .folding import build_folded
@@ -156,19 +156,17 @@ def conv_bn_act(x, conv, bn, cache, *, relu, residual=None, shortcut=None, short
             cache.add_plan(x.shape, plan)
         return y
 
-    y = F.conv2d(x.contiguous(memory_format=torch.channels_last), f.weight, f.bias,
-                 conv.stride, conv.padding, conv.dilation, conv.groups)
-    if shortcut is not None:
-        if shortcut_pool:
-            xs = F.avg_pool2d(xs, 2, 2, ceil_mode=True, count_include_pad=False)
-        y.add_(F.conv2d(xs.contiguous(memory_format=torch.channels_last),
-                        f.shortcut_weight, None, conv_s.stride))
     if residual is not None:
-        if residual.shape != y.shape:
+        shape = (x.shape[0], conv.out_channels,
+                 *(kernels.conv_output_size(size, k, s, p, d) for size, k, s, p, d in zip(
+                     x.shape[2:], conv.kernel_size, conv.stride, conv.padding, conv.dilation)))
+        if residual.shape != shape:
             raise ValueError(f"residual has shape {tuple(residual.shape)} but the convolution "
-                             f"produces {tuple(y.shape)}")
-        y.add_(residual)
-    return y.relu_() if relu else y
+                             f"produces {shape}")
+    return kernels.conv_bn_act_torch(
+        x, f.weight, f.bias, conv.stride, conv.padding, conv.dilation, conv.groups, relu,
+        residual, None if shortcut is None else (xs, f.shortcut_weight, conv_s.stride),
+        shortcut_pool)
 
 
 def scale_add_act(y, gate, residual, *, relu=True):

@@ -1,8 +1,9 @@
 """Wall-clock timing of competing implementations, measured interleaved.
 
 Used by ``fusedres bench`` and the pytest-benchmark suites in ``benchmarks/``.  Each timed
-call is bracketed by device synchronisation, so on a GPU the time is the kernels' time, not
-the launch time.  The contenders are timed round by round in alternating order (A B C,
+call is bracketed by device synchronisation, so on a GPU the time is the call's wall time:
+its host work (Python, launches) plus the GPU time of what it queued, not the GPU time
+alone (where the host takes longer than the kernels, the host's time is what shows).  The contenders are timed round by round in alternating order (A B C,
 C B A, A B C, ...): a burst of load from another process then hits every contender in the
 same round, so ratios of medians stay stable on a noisy shared machine even when the
 absolute times do not.
@@ -30,13 +31,17 @@ def time_call(fn: Callable[[], object], device: torch.device) -> float:
 
 
 def warm_up(contenders: Mapping[str, Callable[[], object]], device: torch.device,
-            calls: int) -> Dict[str, float]:
+            calls: int, first: Optional[Dict[str, float]] = None) -> Dict[str, float]:
     """Call each contender ``calls`` times (compilation, autotuning and cuDNN's algorithm
     search happen here, outside any timing); return each one's fastest call in seconds, the
-    estimate of a steady-state call that a single slow call under load cannot inflate."""
+    estimate of a steady-state call that a single slow call under load cannot inflate.
+    ``first``, when given, receives each one's first call in seconds (its compile time)."""
     fastest = {}
     for name, fn in contenders.items():
-        fastest[name] = min(time_call(fn, device) for _ in range(calls))
+        seconds = [time_call(fn, device) for _ in range(calls)]
+        fastest[name] = min(seconds)
+        if first is not None:
+            first[name] = seconds[0]
     return fastest
 
 

@@ -11,11 +11,13 @@ Knows tensors, shapes and dtypes; never imports from ``fusedres``.
 """
 from .checks import SUPPORTED_DTYPES
 from .conv import (ConvConfig, ConvGeometry, Launch, LaunchPlan, Shortcut, conv_bn_act,
-                   conv_bn_act_with_plan, conv_output_size, record_launches)
+                   conv_bn_act_torch, conv_bn_act_with_plan, conv_output_size, record_launches,
+                   triton_only)
 from .layout import pack_weight
 from .runtime import INTERPRETED, cudnn_allows_tf32
 from .scale_add import scale_add_act
 
 __all__ = ["INTERPRETED", "SUPPORTED_DTYPES", "ConvConfig", "ConvGeometry", "Launch",
-           "LaunchPlan", "Shortcut", "conv_bn_act", "conv_bn_act_with_plan", "conv_output_size",
-           "cudnn_allows_tf32", "pack_weight", "record_launches", "scale_add_act"]
+           "LaunchPlan", "Shortcut", "conv_bn_act", "conv_bn_act_torch", "conv_bn_act_with_plan",
+           "conv_output_size", "cudnn_allows_tf32", "pack_weight", "record_launches",
+           "scale_add_act", "triton_only"]

@@ -38,7 +38,7 @@ class TestBenchCommandLine:
         monkeypatch.setattr(bench.timing, "warm_up",
                             lambda contenders, device, calls: dict.fromkeys(contenders, per_call_s))
         args = argparse.Namespace(model="resnet18", batch=1, size=32, dtype="float32",
-                                  compile=False, seconds=1.0)
+                                  compile=False, compile_max=False, seconds=1.0)
         bench.measure(args, torch.device("cpu"))
         err = capsys.readouterr().err
         assert "cuDNN" not in err and "Triton" not in err

@@ -12,6 +12,7 @@ import torch
 
 from fusedres import aot, cli, gpu_inspect
 from fusedres.kernels import ConvConfig, ConvGeometry, cudnn_allows_tf32
+from fusedres.kernels.conv import configs
 
 MODELS = ("resnet18", "resnet50")
 DTYPES = ("float16", "float32")
@@ -63,7 +64,13 @@ def test_rows_carry_registers_and_tensor_cores(compiled_cases, model, dtype, arc
     rows = gpu_inspect.inspect_model(model, gpu_inspect.DTYPES[dtype], gpu_inspect.ARCHES[arch],
                                      allow_tf32=allow_tf32)
     assert len({row.geometry for row in rows}) >= 5
+    # Each geometry lists the tuner's cuDNN candidate once, with nothing compiled.
+    cudnn_rows = [row for row in rows if row.config.cudnn]
+    assert sorted(row.geometry for row in cudnn_rows) == sorted({row.geometry for row in rows})
+    assert all(row.result == gpu_inspect.CompileResult() for row in cudnn_rows)
     for row in rows:
+        if row.config.cudnn:
+            continue
         assert row.result.error is None
         assert 0 < row.result.registers <= 255
         assert row.result.stack_bytes == 0
@@ -77,7 +84,7 @@ def test_fp16_on_sm_90_uses_wgmma(compiled_cases):
     # wgmma needs a warpgroup (4 warps): the sm_90 candidates leave out 2-warp tiles, which
     # would fall back to mma.sync.
     rows = gpu_inspect.inspect_model("resnet18", torch.float16, 90)
-    assert {row.result.tensor_core for row in rows} == {"wgmma"}
+    assert {row.result.tensor_core for row in rows if not row.config.cudnn} == {"wgmma"}
 
 
 def test_a_spilling_config_is_reported(monkeypatch, capsys):
@@ -237,6 +244,22 @@ def test_json_rows_carry_the_cost_model(compiled_cases, tmp_path, capsys):
     padded = [g for g, walk in best if walk == "taps-recomputed"]
     assert padded and all(best[g, "taps"] < best[g, "taps-recomputed"] for g in padded)
     assert "best candidate per geometry" in capsys.readouterr().out
+    cudnn_rows = [row for row in rows if row["variant"] == "cudnn"]
+    assert {row["geometry"] for row in cudnn_rows} == {row["geometry"] for row in rows}
+    assert all(row["walk"] == "cudnn" and row["registers"] is None and row["problems"] == []
+               for row in cudnn_rows)
+
+
+def test_triton_only_lists_no_cudnn(monkeypatch):
+    monkeypatch.setenv("FUSEDRES_BACKENDS", "triton")
+    # The stem's padded strip candidate alone (cached once the cases above ran).
+    rows = gpu_inspect.inspect_model("resnet50", torch.float16, 90, geometry_text="7x7/s2",
+                                     config_text="w8 s4 strip pad-c 4")
+    assert len(rows) == 1 and not rows[0].config.cudnn
+    monkeypatch.setenv("FUSEDRES_BACKENDS", "triton,cudnn")
+    rows = gpu_inspect.inspect_model("resnet50", torch.float16, 90, geometry_text="7x7/s2",
+                                     config_text="cudnn")
+    assert [row.config for row in rows] == [configs.CUDNN]
 
 
 def test_filters_select_rows(capsys):

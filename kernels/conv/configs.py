@@ -23,7 +23,9 @@ class ConvConfig(NamedTuple):
     ``swap_ab``: the transposed tile (output channels as the MMA's M).  ``patch_w``: an M
     tile is a patch of output rows this many pixels wide (0: a run of pixels).  ``pad_c``: a
     launcher option, not a kernel constexpr: the launcher pads the input's channels to this
-    many first (0: not).
+    many first (0: not).  ``cudnn``: not a Triton config at all but the cuDNN backend
+    (kernels/conv/cudnn.py; ``CUDNN``, every other field unused), a candidate beside the
+    tiles wherever ``cudnn.allowed``.
     """
     block_m: int
     block_n: int
@@ -37,6 +39,7 @@ class ConvConfig(NamedTuple):
     swap_ab: bool = False
     patch_w: int = 0
     pad_c: int = 0
+    cudnn: bool = False
 
     @property
     def tile(self):
@@ -55,9 +58,9 @@ class ConvConfig(NamedTuple):
                 "num_stages": self.num_stages}
 
     def options(self) -> str:
-        """The variant flags that are set, in words: ``recomputed-taps``, ``split-k 4``,
+        """The variant flags that are set, in words: ``cudnn``, ``recomputed-taps``, ``split-k 4``,
         ``tma``, ``patch 8``, ``swap-ab``, ``strip``, ``pad-c 4`` ("" for none)."""
-        words = [("recomputed-taps", self.recompute_taps),
+        words = [("cudnn", self.cudnn), ("recomputed-taps", self.recompute_taps),
                  (f"split-k {self.split_k}", self.split_k > 1), ("tma", self.tma),
                  (f"patch {self.patch_w}", self.patch_w), ("swap-ab", self.swap_ab),
                  ("strip", self.strip), (f"pad-c {self.pad_c}", self.pad_c)]
@@ -65,16 +68,24 @@ class ConvConfig(NamedTuple):
 
     def describe(self) -> str:
         """``128x64x32 w4 s4``, then ``options()``: the tile, warps, stages and variant flags;
-        what the tuner stores and the reports print."""
+        what the tuner stores and the reports print (``cudnn`` for the cuDNN backend)."""
+        if self.cudnn:
+            return "cudnn"
         m, n, k = self.tile
         return " ".join(filter(None, [f"{m}x{n}x{k} w{self.num_warps} s{self.num_stages}",
                                       self.options()]))
 
 
+# The cuDNN backend as a candidate config (tile fields unused).
+CUDNN = ConvConfig(0, 0, 0, 0, 0, cudnn=True)
+
+
 def walk(config, consts):
     """The K walk a launch of ``config`` runs for a geometry's ``consts`` (the helper in
     kernels/conv/ that holds it): ``taps``, ``taps-recomputed``, ``gathered``, ``strips``,
-    ``tma-rows`` or ``tma-patches``."""
+    ``tma-rows`` or ``tma-patches``; ``cudnn`` for the cuDNN backend."""
+    if config.cudnn:
+        return "cudnn"
     if config.tma:
         return "tma-patches" if config.patch_w else "tma-rows"
     if consts["GATHER_K"]:
@@ -88,6 +99,11 @@ def check_config(config, consts, element_size):
     config is checked here, before anything reaches Triton."""
     def refuse(field, why):
         raise ValueError(f"config {config.describe()!r}: {field} {why}")
+
+    if config.cudnn:
+        if config != CUDNN:
+            refuse("cudnn", "is a backend of its own: use configs.CUDNN, no tile or variant")
+        return
 
     for field in ("block_m", "block_n", "block_k"):
         size = getattr(config, field)

@@ -2,6 +2,7 @@
 
 The config: the caller's ``config=`` when given; else one large config under the
 interpreter (``configs.interpreter_config``), the tuner's pick among ``configs.candidates``
+and the cuDNN backend (``configs.CUDNN``, kernels/conv/cudnn.py, where ``cudnn.allowed()``)
 on a GPU (kernels/autotune.py), or ``configs.default_config`` with FUSEDRES_AUTOTUNE=0.
 ``record_launches()`` lets a caller see what each launch really ran.
 """
@@ -17,7 +18,7 @@ import triton
 from .. import autotune, runtime
 from ..checks import check_activation, check_launch_input, check_packed
 from ..layout import pad_channels, pad_weight_rows
-from . import configs, plan
+from . import configs, cudnn, plan
 from .configs import ConvConfig
 from .geometry import ConvGeometry, Shortcut, conv_output_size
 from .kernel import conv_bn_act_kernel
@@ -131,6 +132,7 @@ def _conv_bn_act(x, weight, bias, kernel_size, stride, padding, dilation, groups
         raise ValueError(f"input of size {h}x{w} is too small for a {kh}x{kw} kernel with "
                          f"stride {stride}, padding {padding}, dilation {dilation}")
     out_shape = (n, c_out, oh, ow)
+    out_given = out
 
     x_given = x  # what PAD_C copies from (one copy instead of two)
     x = x.contiguous(memory_format=torch.channels_last)
@@ -191,6 +193,16 @@ def _conv_bn_act(x, weight, bias, kernel_size, stride, padding, dilation, groups
     last = {}  # what the last launch ran, for a plan: the real launch comes after any tuning
 
     def launch(config):
+        """Runs ``config``; returns the output (the cuDNN backend's own tensor unless the
+        caller gave ``out``)."""
+        if config.cudnn:
+            for launches in getattr(_recording, "lists", ()):
+                launches.append(Launch(geometry, config, "cudnn", (), consts))
+            last.update(config=config, runs=[])
+            y = cudnn.conv_bn_act_cudnn(
+                x, weight, bias, kh, kw, stride, padding, dilation, groups, relu, residual,
+                None if shortcut is None else (xs, ws, shortcut[2]), shortcut_pool)
+            return y if out_given is None else out.copy_(y)
         kernel_args, kernel_consts = args, consts
         if config.pad_c:
             padded = geometry._replace(c_in=config.pad_c)
@@ -209,7 +221,7 @@ def _conv_bn_act(x, weight, bias, kernel_size, stride, padding, dilation, groups
         if config.split_k == 1:
             compiled = conv_bn_act_kernel[grid](*kernel_args, **kernel_consts, **options)
             last["runs"] = [(compiled, grid, tail)]
-            return
+            return out
         # Split-K: partial sums into an fp32 workspace, then one small reduce + epilogue.
         part = torch.empty((config.split_k, m, c_out), device=device, dtype=torch.float32)
         grid += (config.split_k,)
@@ -217,13 +229,13 @@ def _conv_bn_act(x, weight, bias, kernel_size, stride, padding, dilation, groups
             *kernel_args[:6], part, *kernel_args[7:], **kernel_consts, **options)
         last["runs"] = [(compiled, grid, tail),
                         _split_k_epilogue(part, bias, residual, out, m, consts)]
+        return out
 
     if runtime.INTERPRETED:
         with runtime.INTERPRETER_LOCK:
-            launch(config or configs.interpreter_config(m, consts))
-        return out, None
-    launch(config or choose_config(ints, consts, dtype, launch, device))
-    if not with_plan:
+            return launch(config or configs.interpreter_config(m, consts)), None
+    out = launch(config or choose_config(ints, consts, dtype, launch, device))
+    if not with_plan or last["config"].cudnn:
         return out, None
     return out, _plan(last, x_given, residual, shortcut, device, weight, bias, ws, out, folded)
 
@@ -311,17 +323,21 @@ def _split_k_epilogue(part, bias, residual, out, m, consts):
 
 def choose_config(ints, consts, dtype, launch, device):
     """The GPU config for one launch: the tuner's pick among ``configs.candidates`` for this
-    device (it calls ``launch(config)`` to time them the first time a geometry is seen on this
-    machine), or ``configs.default_config`` when autotuning is off."""
+    device and, where ``cudnn.allowed()``, the cuDNN backend (it calls ``launch(config)`` to
+    time them the first time a geometry is seen on this machine), or
+    ``configs.default_config`` when autotuning is off."""
     element_size = dtype.itemsize
     if not autotune.enabled():
         return configs.default_config(ints["M"], consts, element_size)
     key = tuning_key(ints, consts, dtype)
-    # The candidate list per key and device, built once: this runs on every launch.
-    listed = _CANDIDATES.get((device, key))
+    # The candidate list per key, device and backends, built once: this runs on every launch.
+    with_cudnn = device.type == "cuda" and cudnn.allowed()
+    listed = _CANDIDATES.get((device, key, with_cudnn))
     if listed is None:
-        listed = _CANDIDATES.setdefault((device, key), configs.candidates(
-            consts, element_size, ints["M"], runtime.arch(device), runtime.sm_count(device)))
+        listed = configs.candidates(consts, element_size, ints["M"], runtime.arch(device),
+                                    runtime.sm_count(device))
+        listed = _CANDIDATES.setdefault((device, key, with_cudnn),
+                                        listed + [configs.CUDNN] * with_cudnn)
     return _TUNER.pick(key, listed, launch, device)
 
 
@@ -350,7 +366,9 @@ def compile_ahead(geometry, config, allow_tf32):
     (mock pointers of the right dtypes stand in for the tensors; PyTorch's allocations are
     16-byte aligned, as the mocks claim).  A split-K config writes an fp32 workspace and also
     warms its epilogue kernel.  Returns Triton's compiled convolution kernel (None when a
-    ``jit_cache_hook`` skipped the compile)."""
+    ``jit_cache_hook`` skipped the compile, or for the cuDNN backend: nothing to compile)."""
+    if config.cudnn:
+        return None  # nothing to compile
     ints, consts = geometry.scalars(allow_tf32, interpreted=False)
     if config.pad_c:
         consts = geometry._replace(c_in=config.pad_c).scalars(allow_tf32, interpreted=False)[1]

@@ -153,6 +153,26 @@ def check_shortcut(main, shortcut_geometry, dtype, variant=None):
     return launches
 
 
+def check_pooled_shortcut(hs, ws, dtype, kernel=1, c_in=32, c_out=64, variant=None):
+    """ResNet-D's pooled shortcut of an ``hs`` x ``ws`` input against float64; returns the
+    launches it recorded."""
+    n, c_s = 2, 48
+    oh, ow = -(-hs // 2), -(-ws // 2)
+    x = torch.randn(n, c_in, oh, ow, device=DEVICE).to(dtype)
+    w = (torch.randn(c_out, c_in, kernel, kernel, device=DEVICE)
+         / (c_in * kernel * kernel) ** 0.5).to(dtype)
+    bias = torch.randn(c_out, device=DEVICE)
+    xs = torch.randn(n, c_s, hs, ws, device=DEVICE).to(dtype)
+    w_s = (torch.randn(c_out, c_s, 1, 1, device=DEVICE) / c_s ** 0.5).to(dtype)
+    shortcut = (xs, w_s, 2)
+    ref = reference(x, w, bias, 1, kernel // 2, 1, 1, shortcut=shortcut, shortcut_pool=True)
+    out, launches = launch(x, w, bias, kernel=kernel, stride=1, padding=kernel // 2,
+                           shortcut=shortcut, shortcut_pool=True, variant=variant)
+    assert_close_to_reference(out, ref, rel_tol(dtype), f"pooled shortcut {hs}x{ws} {dtype}")
+    assert [launch.constexprs["SHORTCUT_POOL"] for launch in launches] == [True]
+    return launches
+
+
 def assert_special_values_match(out, ref, tol, what):
     """NaN and Inf exactly where the float64 reference has them; the rest within ``tol``."""
     out, ref = out.cpu().double(), ref.cpu()

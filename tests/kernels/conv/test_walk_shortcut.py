@@ -7,45 +7,26 @@ import torch
 from fusedres.kernels import conv_bn_act, pack_weight
 
 from ...conftest import DEVICE
-from ...numerics import assert_close_to_reference, rel_tol
-from .cases import DTYPES, launch, reference
-
-
-def _check_pooled_shortcut(hs, ws, dtype, kernel=1, c_in=32, c_out=64, variant=None):
-    n, c_s = 2, 48
-    oh, ow = -(-hs // 2), -(-ws // 2)
-    x = torch.randn(n, c_in, oh, ow, device=DEVICE).to(dtype)
-    w = (torch.randn(c_out, c_in, kernel, kernel, device=DEVICE)
-         / (c_in * kernel * kernel) ** 0.5).to(dtype)
-    bias = torch.randn(c_out, device=DEVICE)
-    xs = torch.randn(n, c_s, hs, ws, device=DEVICE).to(dtype)
-    w_s = (torch.randn(c_out, c_s, 1, 1, device=DEVICE) / c_s ** 0.5).to(dtype)
-    shortcut = (xs, w_s, 2)
-    ref = reference(x, w, bias, 1, kernel // 2, 1, 1, shortcut=shortcut, shortcut_pool=True)
-    out, launches = launch(x, w, bias, kernel=kernel, stride=1, padding=kernel // 2,
-                           shortcut=shortcut, shortcut_pool=True, variant=variant)
-    assert_close_to_reference(out, ref, rel_tol(dtype), f"pooled shortcut {hs}x{ws} {dtype}")
-    assert [launch.constexprs["SHORTCUT_POOL"] for launch in launches] == [True]
-    return launches
+from .cases import DTYPES, check_pooled_shortcut
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("hs,ws", [(5, 7), (4, 5), (6, 4), (1, 1)])
 def test_pooled_shortcut_matches_float64(hs, ws, dtype):
     """Odd sizes have border windows of 1 and 2 pixels."""
-    _check_pooled_shortcut(hs, ws, dtype)
+    check_pooled_shortcut(hs, ws, dtype)
 
 
 def test_pooled_shortcut_with_split_k(split_k):
     # BLOCK_K=16: 2 main steps and 3 shortcut steps in 3 slices, one of them across both.
-    launches = _check_pooled_shortcut(5, 7, torch.float32, variant=split_k)
+    launches = check_pooled_shortcut(5, 7, torch.float32, variant=split_k)
     assert [launch.config.split_k for launch in launches] == [3]
 
 
 def test_pooled_shortcut_with_tma_patch_tiles(tma):
     """ResNet-D BasicBlock's second convolution (3x3/s1, resnet18d/34d) takes TMA patch tiles
     on sm_90: the pooled shortcut's windows follow each patch's pixels."""
-    launches = _check_pooled_shortcut(9, 7, torch.float16, kernel=3, c_in=64, variant=tma)
+    launches = check_pooled_shortcut(9, 7, torch.float16, kernel=3, c_in=64, variant=tma)
     assert [launch.walk for launch in launches] == ["tma-patches"]
 
 
