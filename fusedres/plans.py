@@ -10,10 +10,11 @@ every site's plans whenever anything changed.  Plans in use were then built afte
 change, from folds that were current: never stale.
 
 A forward replays plans (is "trusted") only where nothing else would be skipped or
-mis-served: eval mode, launch plans on (``ops.plans_launches``), no tracing, no autocast,
-autograd not recording, and no forward hooks on the modules a replay walks past without
-calling them (the model's ``plan_walk()``: its layers and blocks) nor global ones.  Otherwise the model runs its modules as
-usual, and each launch checks its own folds before using its plan.
+mis-served: eval mode (the model's and every walked module's), launch plans on
+(``ops.plans_launches``), no tracing, no autocast, autograd not recording, and no forward
+hooks on the modules a replay walks past without calling them (the model's
+``plan_walk()``: its layers and blocks) nor global ones.  Otherwise the model runs its
+modules as usual, and each launch checks its own folds before using its plan.
 """
 import functools
 
@@ -51,8 +52,9 @@ class PlanGate:
                 x.requires_grad or any(p.requires_grad for p in self._parameters)):
             return None
         if (nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks
-                or any(m._forward_hooks or m._forward_pre_hooks for m in self._walked)):
-            return None
+                or any(m._forward_hooks or m._forward_pre_hooks or m.training
+                       for m in self._walked)):
+            return None  # hooks to call, or a block in train mode (eager there)
         return self._steps
 
     def _renew(self, model):

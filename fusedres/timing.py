@@ -3,10 +3,10 @@
 Used by ``fusedres bench`` and the pytest-benchmark suites in ``benchmarks/``.  Each timed
 call is bracketed by device synchronisation, so on a GPU the time is the call's wall time:
 its host work (Python, launches) plus the GPU time of what it queued, not the GPU time
-alone (where the host takes longer than the kernels, the host's time is what shows).  The contenders are timed round by round in alternating order (A B C,
-C B A, A B C, ...): a burst of load from another process then hits every contender in the
-same round, so ratios of medians stay stable on a noisy shared machine even when the
-absolute times do not.
+alone (where the host takes longer than the kernels, the host's time is what shows).  The
+contenders are timed round by round in alternating order (A B C, C B A, A B C, ...): a burst
+of load from another process then hits every contender in the same round, so ratios of
+medians stay stable on a noisy shared machine even when the absolute times do not.
 """
 import statistics
 import time

@@ -194,6 +194,8 @@ def check_model_gate():
         forward("no parameter needs grad", grad=True)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             forward("autocast")
+        model.layer3[0].train()
+        forward("one block in train mode")
         model.train()
         forward("train mode")
         model.eval()

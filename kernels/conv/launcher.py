@@ -94,8 +94,9 @@ def conv_bn_act_with_plan(x, weight, bias, *, kernel_size, stride=1, padding=0, 
     """``conv_bn_act`` (same arguments, no ``out`` or ``config``), returning ``(out, plan)``:
     a ``LaunchPlan`` that replays this launch for activations shaped, strided and aligned
     like these (kernels/conv/plan.py), or None where there can be none: under the
-    interpreter, on a Triton outside ``plan.TESTED_TRITON``, with Triton launch hooks set, an
-    empty batch, or activations that are not 16-byte aligned.  ``folded`` is stored in the
+    interpreter, on a Triton outside ``plan.SUPPORTED_TRITON``, with Triton launch hooks set,
+    an empty batch, activations that are not 16-byte aligned, a residual or shortcut input
+    that is not channels_last, or the cuDNN backend chosen.  ``folded`` is stored in the
     plan as its ``folded`` (see LaunchPlan)."""
     return _conv_bn_act(x, weight, bias, kernel_size, stride, padding, dilation, groups, relu,
                         residual, shortcut, shortcut_pool, None, allow_tf32, None, True, folded)

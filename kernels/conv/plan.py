@@ -1,8 +1,9 @@
 """``LaunchPlan``: one ``conv_bn_act`` launch, replayed for new activations in a few
 microseconds.
 
-A normal launch spends ~50 us of Python per call (checks, config choice, Triton's binder and
-cache key); the GPU work of a batch-1 ResNet layer is a fraction of that.  A plan is built
+A normal launch's host work (checks, config choice, Triton's binder and cache key) costs
+about ten times a plan's (docs/benchmarks.md), more than the GPU work of a batch-1 ResNet
+layer.  A plan is built
 from a normal launch (``launcher.conv_bn_act_with_plan``) and keeps what that launch decided:
 the compiled kernel(s) Triton's JIT returned, their grids, the weights and every scalar
 argument, in the order the JIT passed them.  A call checks that the new activations are
@@ -22,15 +23,17 @@ from triton.runtime import driver
 from ..layout import pad_channels
 from ..runtime import ensure_allocator
 
-# The Triton releases whose launch protocol (CompiledKernel.run's arguments: grid, stream,
-# function, packed metadata, launch metadata, enter/exit hooks, then every kernel argument
-# constexprs included) the plan reproduces; tests compare a plan's calls with the JIT's.
-TESTED_TRITON = ((3, 6), (3, 7), (3, 8))
+# The Triton releases whose JIT launches with the protocol a plan reproduces (CompiledKernel
+# .run's arguments: grid, stream, function, packed metadata, launch metadata, enter/exit
+# hooks, then every kernel argument, constexprs included; earlier releases passed the
+# non-constexpr ones only).  The tests compare a plan's calls with the JIT's on the
+# installed Triton (3.8 in CI); 3.6 and 3.7's JIT.run makes the same call.
+SUPPORTED_TRITON = ((3, 6), (3, 7), (3, 8))
 
 
 def supported_triton() -> bool:
-    """Whether this Triton's launch protocol is one a plan is tested to reproduce."""
-    return tuple(int(p) for p in triton.__version__.split(".")[:2]) in TESTED_TRITON
+    """Whether this Triton launches with the protocol a plan reproduces."""
+    return tuple(int(p) for p in triton.__version__.split(".")[:2]) in SUPPORTED_TRITON
 
 
 # Where Triton keeps its launch hooks: knobs.runtime (3.4+), else CompiledKernel.
@@ -122,10 +125,8 @@ class LaunchPlan:
         stream = active.get_current_stream(device_index)
         if stream != self.stream:
             return None
-        enter, leave = _HOOKS.launch_enter_hook, _HOOKS.launch_exit_hook
-        if ((enter is not None and getattr(enter, "calls", True))
-                or (leave is not None and getattr(leave, "calls", True))):
-            return None  # launch_hooks_set(), inlined
+        if launch_hooks_set():
+            return None
         if self.tma:
             ensure_allocator()  # per thread: Triton keeps the allocator in a ContextVar
         out = torch.empty_strided(self.out_shape, self.out_stride, dtype=self.dtype,
