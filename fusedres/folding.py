@@ -160,7 +160,8 @@ class FoldCache:
     ``get`` takes the modules on every call rather than holding them, so replacing a
     submodule (``block.conv1 = ...``) can never leave a fused model pointing at the old one.
     The cache watches every tensor it folded (``TensorWatch``: replaced, edited in place,
-    moved), plus each BatchNorm's ``eps``.  Any difference drops every cached variant.
+    moved), plus each BatchNorm's ``eps`` and ``num_batches_tracked`` (the one tensor whose
+    version a train-mode forward bumps when it updates the running statistics).  Any difference drops every cached variant.
 
     Thread-safe.  Everything lives in one immutable ``_Snapshot`` that is replaced, never
     changed, so the common call (sources unchanged, variant present) reads one attribute and
@@ -189,9 +190,11 @@ class FoldCache:
 
     def get(self, pairs, dtype: torch.dtype, device: torch.device, packed: bool) -> Folded:
         """``pairs``: ``[(conv, bn)]``, or ``[(conv, bn), (shortcut_conv, shortcut_bn)]``."""
+        # num_batches_tracked: a train-mode forward updates the running statistics without
+        # bumping their version counters, only this counter's.
         sources = [t for conv, bn in pairs
-                   for t in (conv.weight, conv.bias, bn.weight, bn.bias,
-                             bn.running_mean, bn.running_var) if t is not None]
+                   for t in (conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean,
+                             bn.running_var, bn.num_batches_tracked) if t is not None]
         eps = tuple(bn.eps for _, bn in pairs)
         key = (dtype, device, packed)
         snapshot = self._snapshot  # one read: the snapshot below cannot change under us

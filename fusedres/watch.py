@@ -63,10 +63,9 @@ class ModelWatch:
         self._eps = tuple(map(_EPS, self._norms))
 
     def _collect(self):
-        # num_batches_tracked counts training steps; no eval-mode forward reads it.
-        tensors = [*self._model.parameters(),
-                   *(b for name, b in self._model.named_buffers()
-                     if not name.endswith("num_batches_tracked"))]
+        # num_batches_tracked included: a train-mode forward updates the running statistics
+        # without bumping their version counters, only this counter's.
+        tensors = [*self._model.parameters(), *self._model.buffers()]
         norms = [m for m in self._model.modules()
                  if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         return tensors, norms

@@ -240,8 +240,15 @@ def _changes():
     def stem(m):
         m.bn1.running_mean.add_(1.0)
 
+    def train_mode_step(m):
+        # Updates every running statistic, bumping only num_batches_tracked's version.
+        m.train()
+        m(torch.randn(2, 3, 64, 64).half())
+        m.eval()
+
     return [in_place_weight, in_place_running_var, load_state_dict, float_half_round_trip,
-            replaced_parameter, replaced_submodule, replaced_block, eps, stem]
+            replaced_parameter, replaced_submodule, replaced_block, eps, stem,
+            train_mode_step]
 
 
 def _stale_plans(model):

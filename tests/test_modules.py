@@ -160,6 +160,21 @@ class TestNeverStale:
         fused.bn = conv_bn_pair(8, 16, 3)[1].to(DEVICE).eval()
         self._check(fused, x)
 
+    @pytest.mark.parametrize("mode", ["no_grad", "inference_mode", "autograd"])
+    def test_train_mode_steps(self, setup, backend, mode):
+        """A train-mode forward updates the running statistics without bumping their version
+        counters (only ``num_batches_tracked``'s), under any grad mode."""
+        fused, x = setup
+        fused.train()
+        batch = torch.randn(4, 8, 7, 7, device=DEVICE) * 3 + 1
+        if mode == "autograd":
+            fused(batch.requires_grad_())
+        else:
+            with getattr(torch, mode)():
+                fused(batch)
+        fused.eval()
+        self._check(fused, x)
+
     def test_dtype_round_trip(self, setup, backend):
         """half() then float() rounds every weight; the cache must notice."""
         fused, x = setup

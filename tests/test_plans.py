@@ -51,7 +51,7 @@ def test_gate(checks):
 
 CHANGES = ["in_place_weight", "in_place_running_var", "load_state_dict",
            "float_half_round_trip", "replaced_parameter", "replaced_submodule", "replaced_block",
-           "eps", "stem"]
+           "eps", "stem", "train_mode_step"]
 
 
 @pytest.mark.parametrize("change", CHANGES)

@@ -28,7 +28,7 @@ class TestModelWatch:
 
     @pytest.mark.parametrize("change", [
         "in_place_weight", "in_place_running_var", "load_state_dict", "half_float_round_trip",
-        "replaced_parameter", "replaced_submodule", "replaced_block", "eps"])
+        "replaced_parameter", "replaced_submodule", "replaced_block", "eps", "train_step"])
     def test_change_is_seen(self, fused, change):
         watch = ModelWatch(fused)
         with torch.no_grad():
@@ -48,6 +48,10 @@ class TestModelWatch:
                 fused.layer4[1] = fusedres.fuse(torchvision.models.resnet18()).layer4[1].eval()
             elif change == "eps":
                 fused.layer1[0].bn1.eps = 0.5
+            elif change == "train_step":  # running statistics move, their versions do not
+                fused.train()
+                fused(torch.randn(2, 3, 32, 32))
+                fused.eval()
         assert watch.changed()
 
     def test_inference_tensor_model(self):
