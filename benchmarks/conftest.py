@@ -79,15 +79,27 @@ def use_compile(request, device):
     return choice == "on" or (choice == "auto" and device.type == "cuda")
 
 
+def _split_times(fn, device):
+    """``host_ms`` (the call's host work) and, where measured, ``gpu_ms`` (its GPU time)."""
+    from fusedres import timing
+    split = {"host_ms": round(timing.host_time(fn, device) * 1e3, 4)}
+    gpu_s = timing.gpu_time(fn, device)
+    if gpu_s is not None:
+        split["gpu_ms"] = round(gpu_s * 1e3, 4)
+    return split
+
+
 @pytest.fixture
 def measure_pair(benchmark, device):
     """``measure_pair(contenders, extra_info_for, budget_s=None)``: time
     ``{contender: callable}`` interleaved and record one benchmark entry per contender.
     ``extra_info_for(median_s)`` gives each entry's extra_info; ``budget_s`` overrides the
-    device's PAIR_BUDGET_S.  With --benchmark-disable each contender runs once."""
+    device's PAIR_BUDGET_S; ``split_times`` adds each contender's ``gpu_ms`` (CUDA: GPU time
+    alone, which the gate then judges by) and ``host_ms``.  With --benchmark-disable each
+    contender runs once."""
     from fusedres import timing
 
-    def measure(contenders, extra_info_for, budget_s=None):
+    def measure(contenders, extra_info_for, budget_s=None, split_times=False):
         if benchmark.disabled:
             for fn in contenders.values():
                 fn()
@@ -100,9 +112,11 @@ def measure_pair(benchmark, device):
                                           MIN_ROUNDS, MAX_ROUNDS[device.type])
         times = timing.interleaved(contenders, device, rounds)
         for name, series in times.items():
-            recording.record(benchmark, name, series,
-                             {**extra_info_for(timing.median(series)),
-                              "first_call_s": round(first[name], 3)})
+            extra = {**extra_info_for(timing.median(series)),
+                     "first_call_s": round(first[name], 3)}
+            if split_times:
+                extra.update(_split_times(contenders[name], device))
+            recording.record(benchmark, name, series, extra)
 
     return measure
 

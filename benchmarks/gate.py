@@ -24,10 +24,12 @@ DEFAULT_MIN_SPEEDUP = {"cpu": 0.9, "cuda": 1.0}
 
 
 class Result(NamedTuple):
-    """One benchmark entry: which comparison it belongs to, which contender, its median."""
+    """One benchmark entry: which comparison it belongs to, which contender, its median
+    seconds, and which time that is (``wall``: a synchronised call; ``gpu``: GPU time alone)."""
     key: str
     contender: str
     median: float
+    time: str = "wall"
 
 
 class Ratio(NamedTuple):
@@ -36,6 +38,7 @@ class Ratio(NamedTuple):
     fused_median: float
     speedup: Optional[float]          # median(eager) / median(fused); None: no eager twin
     others: Dict[str, float]          # contender -> median(contender) / median(fused)
+    time: str = "wall"                # the time the medians are: wall or gpu
 
 
 class Verdict(NamedTuple):
@@ -57,22 +60,32 @@ def comparison_key(test_name: str, params: dict) -> str:
 
 def results_from_benchmarks(benchmarks: Iterable) -> List[Result]:
     """Results from pytest-benchmark's entries (``.name``, ``.params``, ``.stats.median``,
-    ``.has_error``); entries without a contender, failed or empty ones are left out."""
-    results = []
+    ``.extra_info``, ``.has_error``); entries without a contender, failed or empty ones are
+    left out.  A comparison whose every entry measured its GPU time (``extra_info["gpu_ms"]``,
+    the layer benchmarks on CUDA) is judged in GPU time, any other in wall time."""
+    entries = []
     for bench in benchmarks:
         params = bench.params or {}
         if "contender" not in params or bench.has_error or not bench.stats:
             continue
-        results.append(Result(comparison_key(bench.name, params), params["contender"],
-                              bench.stats.median))
-    return results
+        gpu_ms = (getattr(bench, "extra_info", None) or {}).get("gpu_ms")
+        entries.append((comparison_key(bench.name, params), params["contender"],
+                        bench.stats.median, gpu_ms))
+    all_gpu = defaultdict(lambda: True)
+    for key, _, _, gpu_ms in entries:
+        all_gpu[key] = all_gpu[key] and gpu_ms is not None
+    return [Result(key, contender, gpu_ms / 1e3, "gpu") if all_gpu[key]
+            else Result(key, contender, median)
+            for key, contender, median, gpu_ms in entries]
 
 
 def compute_ratios(results: Iterable[Result]) -> List[Ratio]:
     """One Ratio per comparison that has a fused entry, in key order."""
     by_key: Dict[str, Dict[str, float]] = defaultdict(dict)
+    time = {}
     for r in results:
         by_key[r.key][r.contender] = r.median
+        time[r.key] = r.time
     ratios = []
     for key in sorted(by_key):
         medians = by_key[key]
@@ -81,7 +94,8 @@ def compute_ratios(results: Iterable[Result]) -> List[Ratio]:
         fused = medians[FUSED]
         eager = medians.get(BASELINE)
         others = {name: medians[name] / fused for name in INFORMATIONAL if name in medians}
-        ratios.append(Ratio(key, eager, fused, None if eager is None else eager / fused, others))
+        ratios.append(Ratio(key, eager, fused, None if eager is None else eager / fused, others,
+                            time[key]))
     return ratios
 
 
@@ -116,7 +130,7 @@ def format_table(verdict: Verdict, min_speedup: float, gated=lambda key: True) -
     """All measured ratios, one row per comparison, and the verdict ("report": below the
     threshold, but not gated on this device)."""
     columns = [name for name in INFORMATIONAL if any(name in r.others for r in verdict.ratios)]
-    header = (f"{'comparison':<58}{'eager ms':>10}{'fused ms':>10}{'speedup':>9}"
+    header = (f"{'comparison':<58}{'time':>5}{'eager ms':>10}{'fused ms':>10}{'speedup':>9}"
               + "".join(f"{'vs ' + c:>15}" for c in columns) + "  verdict")
     lines = [header]
     for r in verdict.ratios:
@@ -126,10 +140,11 @@ def format_table(verdict: Verdict, min_speedup: float, gated=lambda key: True) -
                          for c in columns)
         ok = r.speedup is not None and r.speedup >= min_speedup
         verdict_text = "ok" if ok else ("FAIL" if gated(r.key) else "report")
-        lines.append(f"{r.key:<58}{eager:>10}{r.fused_median * 1e3:>10.3f}{speedup:>9}{others}"
-                     f"  {verdict_text}")
+        lines.append(f"{r.key:<58}{r.time:>5}{eager:>10}{r.fused_median * 1e3:>10.3f}"
+                     f"{speedup:>9}{others}  {verdict_text}")
     lines.append(f"speedup = median(eager, channels_last) / median(fused); 'vs X' = "
-                 f"median(X) / median(fused); threshold {min_speedup:g}x")
+                 f"median(X) / median(fused); time: wall (synchronised calls) or gpu (GPU "
+                 f"time alone); threshold {min_speedup:g}x")
     if verdict.passed:
         count = sum(1 for r in verdict.ratios if gated(r.key))
         lines.append(f"speedup gate PASSED: {count} gated comparisons >= {min_speedup:g}x "

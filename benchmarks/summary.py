@@ -69,16 +69,23 @@ def model_rows(table):
 
 
 def layer_rows(table):
-    lines = ["| layer | eager ms | fused ms | speedup | fused TFLOP/s | fused GB/s | "
-             "backend / config |",
-             "|---|---|---|---|---|---|---|"]
+    """Per layer: wall time of a synchronised call, GPU time alone and host time (the last
+    two where the run split them), the fused/eager ratios, and what the fused launch ran."""
+    lines = ["| layer | eager ms | fused ms | speedup | eager GPU ms | fused GPU ms | GPU speedup "
+             "| fused host ms | fused TFLOP/s | fused GB/s | backend / config |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for key, runs in sorted(table.items()):
         if not key.startswith("test_layer") or "fused" not in runs or "eager" not in runs:
             continue
         fused, eager = runs["fused"], runs["eager"]
+        gpu = [run["extra_info"].get("gpu_ms") for run in (eager, fused)]
+        gpu_speedup = gpu[0] / gpu[1] if None not in gpu else None
         lines.append(f"| {key} | {eager['stats']['median'] * 1e3:.3f} | "
                      f"{fused['stats']['median'] * 1e3:.3f} | "
                      f"{eager['stats']['median'] / fused['stats']['median']:.2f} | "
+                     f"{_cell(gpu[0], '.3f')} | {_cell(gpu[1], '.3f')} | "
+                     f"{_cell(gpu_speedup, '.2f')} | "
+                     f"{_cell(fused['extra_info'].get('host_ms'), '.3f')} | "
                      f"{fused['extra_info']['tflop_per_s']:.2f} | "
                      f"{fused['extra_info']['gb_per_s']:.1f} | "
                      f"{fused['extra_info'].get('config', '-')} |")

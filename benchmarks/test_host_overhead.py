@@ -7,7 +7,7 @@ average-pool and classifier replaced by allocations of their outputs
 (``standin.launches_only``), so the time is that of the fused launches.  ``path="plan"``
 replays launch plans (fusedres/plans.py); ``path="jit"`` is the normal path (launcher
 checks, config choice, Triton's JIT) with plans off.  ``choice`` forces the configs:
-``plain`` (no split-K, TMA or channel padding) or ``variants`` (one of those wherever a
+``plain`` (no split-K, TMA or channel padding) or ``split-k-tma`` (split-K or TMA wherever a
 geometry has one), as the stand-in's tuner does (``standin.pick``).
 
 Without a GPU it runs on the stand-in GPU (fusedres/standin.py: the real CUDA-path code on
@@ -41,7 +41,7 @@ def _gpu(device, choice):
 
 
 @pytest.mark.parametrize("path", ["plan", "jit"])
-@pytest.mark.parametrize("choice", standin.CHOICES)
+@pytest.mark.parametrize("choice", ["plain", "split-k-tma"])
 @pytest.mark.parametrize("model_name", ["resnet18", "resnet50"])
 def test_host_time_per_launch(benchmark, device, model_name, choice, path, monkeypatch):
     monkeypatch.setattr(ops, "LAUNCH_PLANS", path == "plan")

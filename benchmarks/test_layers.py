@@ -103,4 +103,5 @@ def test_layer(measure_pair, device, layer):
     outputs = geometry.batch * oh * ow * geometry.c_out
     measure_pair(layer_contenders(geometry, device),
                  lambda median: {**costs.throughput(outputs, median, flops, nbytes, "outputs"),
-                                 "config": chosen_config(geometry)})
+                                 "config": chosen_config(geometry)},
+                 split_times=True)

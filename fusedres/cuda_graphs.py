@@ -17,7 +17,7 @@ varying batch sizes captures a handful of graphs instead of one per size.
 
 Graphs are re-captured whenever any parameter, buffer or BatchNorm ``eps`` of the model
 changed (edited in place, replaced, moved), so a replay never uses stale folded weights; the
-check costs one read per tensor (``ModelWatch``; about 15 us per call on ResNet-18, 37 us on
+check costs one read per tensor (``ModelWatch``; about 18 us per call on ResNet-18, 44 us on
 ResNet-50 on a 2-core CPU).  Two kinds of change cannot be seen and need
 ``runner.invalidate()``: in-place edits of inference tensors inside ``torch.inference_mode()``
 (see ``fusedres.folding.TensorWatch``), and changes made around ``nn.Module``'s registration

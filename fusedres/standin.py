@@ -15,7 +15,8 @@ Inside the block:
   * CPU tensors take the CUDA path: ``ops`` launches Triton kernels and launch plans for
     them, ``runtime.arch``/``sm_count`` say sm_90 with ``sms`` SMs.
   * The tuner picks without timing (``pick``): ``choose="plain"`` the first candidate
-    without split-K, TMA or channel padding; ``"variants"`` the first with one of them
+    without split-K, TMA or channel padding; ``"split-k-tma"`` the first with split-K or TMA
+    where a geometry has one (else as plain); ``"variants"`` the first with any of them
     (split-K, TMA, the stem's padded strips) where a geometry has one.
 
 What it cannot show: GPU time, and the launcher's own C cost (~1-2 us per launch on a GPU
@@ -30,7 +31,7 @@ from . import aot, kernels, ops
 from .kernels import runtime
 from .kernels.conv import launcher
 
-CHOICES = ("plain", "variants")
+CHOICES = ("plain", "split-k-tma", "variants")
 
 
 class StandInKernel:
@@ -85,6 +86,10 @@ def pick(choose):
     def pick(key, candidates, run, device):
         if choose == "variants":
             return next((c for c in candidates if variant(c)), candidates[0])
+        if choose == "split-k-tma":
+            special = next((c for c in candidates if c.split_k > 1 or c.tma), None)
+            if special is not None:
+                return special
         return next((c for c in candidates if not variant(c)), candidates[0])
     return pick
 

@@ -1,4 +1,5 @@
-"""Wall-clock timing of competing implementations, measured interleaved.
+"""Wall-clock timing of competing implementations, measured interleaved; and, apart, a
+call's GPU time (``gpu_time``) and host time (``host_time``).
 
 Used by ``fusedres bench`` and the pytest-benchmark suites in ``benchmarks/``.  Each timed
 call is bracketed by device synchronisation, so on a GPU the time is the call's wall time:
@@ -72,3 +73,30 @@ def interleaved(contenders: Mapping[str, Callable[[], object]], device: torch.de
 
 def median(values) -> float:
     return statistics.median(values)
+
+
+def gpu_time(fn: Callable[[], object], device: torch.device) -> Optional[float]:
+    """Median seconds of GPU time per call of ``fn``, with no host work in it: the call is
+    captured in a CUDA graph (repeated) and the graph replayed between events
+    (``triton.testing.do_bench_cudagraph``).  None off CUDA, or where ``fn`` cannot be
+    captured."""
+    if device.type != "cuda":
+        return None
+    import triton
+    try:
+        return triton.testing.do_bench_cudagraph(fn, rep=20, return_mode="median") / 1e3
+    except RuntimeError:  # a call the CUDA graph capture refuses
+        return None
+
+
+def host_time(fn: Callable[[], object], device: torch.device, calls: int = 20) -> float:
+    """Median seconds the host spends in one call of ``fn`` that starts with an empty queue:
+    its Python and launch work, not waiting for the GPU (on CPU: the call's time)."""
+    seconds = []
+    for _ in range(calls):
+        synchronize(device)
+        start = time.perf_counter()
+        fn()
+        seconds.append(time.perf_counter() - start)
+    synchronize(device)
+    return median(seconds)

@@ -39,9 +39,16 @@ def cache_folder() -> str:
 
 
 def benchmark(run) -> float:
-    """Median milliseconds of ``run()`` on the current GPU.  Short: candidates that differ by
-    less than the noise of a 20 ms measurement are equally good choices."""
-    return triton.testing.do_bench(run, warmup=5, rep=20, return_mode="median")
+    """Median GPU milliseconds of ``run()`` on the current GPU: the call captured in a CUDA
+    graph and replayed (``do_bench_cudagraph``), so host work, which differs between
+    candidates and which launch plans later remove, cannot rank them.  Where the call cannot
+    be captured, timed between events instead (``do_bench``, after an L2 flush; host time can
+    leak into that).  Short: candidates that differ by less than the noise of a 20 ms
+    measurement are equally good choices."""
+    try:
+        return triton.testing.do_bench_cudagraph(run, rep=20, return_mode="median")
+    except RuntimeError:  # a call the CUDA graph capture refuses
+        return triton.testing.do_bench(run, warmup=5, rep=20, return_mode="median")
 
 
 class Tuner:

@@ -14,11 +14,24 @@ from benchmarks import gate
 REPO = Path(__file__).resolve().parents[1]
 
 
-def entry(name, contender, median, error=False, **params):
+def entry(name, contender, median, error=False, gpu_ms=None, **params):
     """A stand-in for pytest-benchmark's Metadata: what gate.results_from_benchmarks reads."""
     stats = SimpleNamespace(median=median)
+    extra_info = {} if gpu_ms is None else {"gpu_ms": gpu_ms}
     return SimpleNamespace(name=f"{name}[x]", params=dict(params, contender=contender),
-                           stats=stats, has_error=error)
+                           stats=stats, has_error=error, extra_info=extra_info)
+
+
+def test_comparisons_with_gpu_time_on_every_entry_are_judged_by_it():
+    """A host-bound layer: wall times say fused loses, GPU times that it wins.  Where one
+    entry lacks its GPU time, the comparison stays in wall time."""
+    entries = [entry("test_layer", "eager", 0.10, gpu_ms=40.0, layer="a"),
+               entry("test_layer", "fused", 0.20, gpu_ms=20.0, layer="a"),
+               entry("test_layer", "eager", 0.10, gpu_ms=40.0, layer="b"),
+               entry("test_layer", "fused", 0.20, layer="b")]
+    ratios = gate.compute_ratios(gate.results_from_benchmarks(entries))
+    assert [(r.time, r.speedup) for r in ratios] == [("gpu", 2.0), ("wall", 0.5)]
+    assert "gpu" in gate.format_table(gate.judge(ratios, 1.0), 1.0)
 
 
 def verdict_for(entries, threshold):

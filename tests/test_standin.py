@@ -24,4 +24,6 @@ def test_picks_by_choice():
     assert standin.pick("variants")(None, [plain, padded, split], None, None) is padded
     assert standin.pick("variants")(None, [plain, tma], None, None) is tma
     assert standin.pick("variants")(None, [plain], None, None) is plain
+    assert standin.pick("split-k-tma")(None, [plain, padded, split], None, None) is split
+    assert standin.pick("split-k-tma")(None, [padded, plain], None, None) is plain
     assert standin.pick("plain")(None, [split], None, None) is split

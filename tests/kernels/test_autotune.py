@@ -140,3 +140,24 @@ def test_without_autotuning_the_launcher_uses_the_default_and_times_nothing(monk
     assert launched == []
     assert config == configs.default_config(ints["M"], consts, 2)
     assert aot.candidate_configs(geometry) == [config]
+
+
+@pytest.mark.parametrize("capturable", [True, False])
+def test_candidates_are_timed_in_gpu_time_where_they_can_be_captured(monkeypatch, capturable):
+    """GPU time from a CUDA graph replay; do_bench's event timing only where capture fails."""
+    calls = []
+
+    def cudagraph(run, rep, return_mode):
+        calls.append("cudagraph")
+        if not capturable:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        return 2.0
+
+    def events(run, warmup, rep, return_mode):
+        calls.append("events")
+        return 3.0
+
+    monkeypatch.setattr(triton.testing, "do_bench_cudagraph", cudagraph)
+    monkeypatch.setattr(triton.testing, "do_bench", events)
+    assert autotune.benchmark(lambda: None) == (2.0 if capturable else 3.0)
+    assert calls == (["cudagraph"] if capturable else ["cudagraph", "events"])
