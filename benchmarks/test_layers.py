@@ -1,6 +1,7 @@
 """Per-layer benchmarks: every distinct fused launch geometry of ResNet-18 and ResNet-50 --
 conv+BN+ReLU, conv+BN+identity+ReLU, conv+BN+shortcut+ReLU -- as the fused kernel vs eager's
-conv -> bn -> (shortcut conv -> bn, add) -> relu sequence, timed interleaved."""
+conv -> bn -> (shortcut conv -> bn, add) -> relu sequence, timed interleaved; on CUDA also
+the main convolution alone (cuDNN) and, for 1x1 layers, its GEMM (cuBLAS) as references."""
 import pytest
 import torch
 from torch import nn
@@ -86,7 +87,32 @@ def layer_contenders(geometry, device):
             return ops.conv_bn_act(x, conv, bn, cache, relu=geometry.relu, residual=residual,
                                    shortcut=shortcut)
 
-    return {"eager": eager, "fused": fused}
+    contenders = {"eager": eager, "fused": fused}
+    if device.type == "cuda":
+        contenders.update(references(geometry, conv, x))
+    return contenders
+
+
+def references(geometry, conv, x):
+    """What the layer's main convolution costs alone, without BatchNorm or epilogue:
+    ``conv_alone`` (cuDNN's ``F.conv2d``) and, for a 1x1 stride-1 ungrouped layer,
+    ``mm`` (cuBLAS's ``torch.mm`` on its [M, C_in] x [C_in, C_out] GEMM, channels_last
+    activations being that matrix already).  Informational contenders (benchmarks/gate.py)."""
+    def conv_alone():
+        with torch.inference_mode():
+            return conv(x)
+
+    refs = {"conv_alone": conv_alone}
+    if geometry.kernel_size == (1, 1) and geometry.stride == 1 and geometry.groups == 1:
+        a = x.permute(0, 2, 3, 1).reshape(-1, geometry.c_in)  # a view: x is channels_last
+        b = conv.weight.detach().reshape(geometry.c_out, geometry.c_in).t().contiguous()
+
+        def mm():
+            with torch.inference_mode():
+                return torch.mm(a, b)
+
+        refs["mm"] = mm
+    return refs
 
 
 def chosen_config(geometry):

@@ -161,7 +161,8 @@ class FoldCache:
     submodule (``block.conv1 = ...``) can never leave a fused model pointing at the old one.
     The cache watches every tensor it folded (``TensorWatch``: replaced, edited in place,
     moved), plus each BatchNorm's ``eps`` and ``num_batches_tracked`` (the one tensor whose
-    version a train-mode forward bumps when it updates the running statistics).  Any difference drops every cached variant.
+    version a train-mode forward bumps when it updates the running statistics).  Any
+    difference drops every cached variant.
 
     Thread-safe.  Everything lives in one immutable ``_Snapshot`` that is replaced, never
     changed, so the common call (sources unchanged, variant present) reads one attribute and
@@ -185,7 +186,7 @@ class FoldCache:
         self._snapshot = None
         # Input shape -> LaunchPlan (kernels/conv/plan.py) built from a fold of the current
         # snapshot; replaced as a whole (copy on write), emptied with every new snapshot.
-        # Callers only read it (``replay``, the fused blocks' ``replay_forward``).
+        # Callers only read it (``replay``, ``fusedres.plans.replay_block``).
         self.plans = {}
 
     def get(self, pairs, dtype: torch.dtype, device: torch.device, packed: bool) -> Folded:

@@ -16,8 +16,8 @@ import torch
 from . import kernels, library, trace
 from .folding import build_folded
 
-# Launch plans (kernels/conv/plan.py) replay a launch site's last launch in a few
-# microseconds instead of ~50; FUSEDRES_LAUNCH_PLANS=0 turns them off.
+# Launch plans (kernels/conv/plan.py) replay a launch site's last launch for a fraction of a
+# normal launch's host work (docs/benchmarks.md); FUSEDRES_LAUNCH_PLANS=0 turns them off.
 LAUNCH_PLANS = os.environ.get("FUSEDRES_LAUNCH_PLANS", "1").strip().lower() not in (
     "0", "false", "off", "no")
 
@@ -81,7 +81,8 @@ def conv_bn_act(x, conv, bn, cache, *, relu, residual=None, shortcut=None, short
     convolution + BatchNorm of ``xs``; with ``shortcut_pool`` the convolution (stride 1) reads
     ``AvgPool2d(2, 2, ceil_mode=True, count_include_pad=False)(xs)`` (ResNet-D), pooled inside
     the same launch.  Returns a channels_last tensor in the compute dtype (see
-    ``compute_dtype``).
+    ``compute_dtype``).  On the GPU the launch replays ``cache``'s launch plan for ``x``'s
+    shape when it has one from the current fold, and leaves one for the next call.
     """
     check_input(x, conv)
     if not autocast_enabled(x) and x.dtype != conv.weight.dtype:
@@ -132,26 +133,22 @@ def conv_bn_act(x, conv, bn, cache, *, relu, residual=None, shortcut=None, short
                 f.shortcut_weight, list(conv.kernel_size), conv.stride[0], conv.padding[0],
                 conv.dilation[0], conv.groups, 1 if shortcut is None else stride_s,
                 shortcut is not None and shortcut_pool, relu, kernels.cudnn_allows_tf32())
-        # Eager calls skip the dispatcher (microseconds per step matter at batch 1).
-        if not plans_launches(x):
-            return kernels.conv_bn_act(
-                x, f.weight, f.bias, kernel_size=conv.kernel_size, stride=conv.stride[0],
-                padding=conv.padding[0], dilation=conv.dilation[0], groups=conv.groups,
-                relu=relu, residual=residual,
-                shortcut=None if shortcut is None else (xs, f.shortcut_weight, stride_s),
-                shortcut_pool=shortcut_pool)
-        xs = None if shortcut is None else xs
-        plan = cache.plan(x.shape, f)
-        if plan is not None:
-            y = plan(x, residual, xs)
-            if y is not None:
-                return y
-        y, plan = kernels.conv_bn_act_with_plan(
-            x, f.weight, f.bias, kernel_size=conv.kernel_size, stride=conv.stride[0],
-            padding=conv.padding[0], dilation=conv.dilation[0], groups=conv.groups, relu=relu,
-            residual=residual,
+        # Eager calls skip the dispatcher (microseconds per step matter at batch 1), and on
+        # the GPU replay the launch site's plan for this input where it has one.
+        if plans_launches(x):
+            plan = cache.plan(x.shape, f)
+            if plan is not None:
+                y = plan(x, residual, None if shortcut is None else xs)
+                if y is not None:
+                    return y
+        arguments = dict(
+            kernel_size=conv.kernel_size, stride=conv.stride[0], padding=conv.padding[0],
+            dilation=conv.dilation[0], groups=conv.groups, relu=relu, residual=residual,
             shortcut=None if shortcut is None else (xs, f.shortcut_weight, stride_s),
-            shortcut_pool=shortcut_pool, folded=f)
+            shortcut_pool=shortcut_pool)
+        if not plans_launches(x):
+            return kernels.conv_bn_act(x, f.weight, f.bias, **arguments)
+        y, plan = kernels.conv_bn_act_with_plan(x, f.weight, f.bias, folded=f, **arguments)
         if plan is not None:
             cache.add_plan(x.shape, plan)
         return y

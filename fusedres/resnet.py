@@ -62,6 +62,7 @@ class _FusedBlock(LoadsAtomically, nn.Module):
         return out
 
     def _launch(self, i, out, x):
+        """Launch ``i``: conv-BN-ReLU, the last one with the residual or the downsample."""
         conv, bn = (getattr(self, name) for name in self._PAIRS[i])
         if i < len(self._PAIRS) - 1:
             return ops.conv_bn_act(out, conv, bn, self._folds[i], relu=True)

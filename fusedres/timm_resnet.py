@@ -23,8 +23,8 @@ autograd not recording (see ``fusedres.ops``):
 
 On the GPU, a forward that the model's ``PlanGate`` trusts replays launch plans, walking
 the attention-free blocks directly (fusedres/plans.py).  Train mode, and eval mode while
-autograd records, run timm's eager forward.  timm's
-``forward_intermediates`` (not overridden) runs the stem eagerly and the blocks fused.
+autograd records, run timm's eager forward.  timm's ``forward_intermediates`` (not
+overridden) runs the stem eagerly and the blocks fused.
 """
 import copy
 
