@@ -3,7 +3,7 @@
 pytest-benchmark compares a run only against saved runs; this compares benchmarks of the
 same run.  Every benchmark entry carries a ``contender`` parameter (``eager``, ``fused``,
 ``eager_nchw``, ``fused_triton`` and ``fused_graphs`` on CUDA, ``compile``, ``compile_max`` on
-CUDA; the layers' references ``conv_alone`` and ``mm`` on CUDA); entries whose other parameters and test name agree form one
+CUDA; the layers' references ``conv_alone``, ``mm`` and ``triton_mm`` on CUDA); entries whose other parameters and test name agree form one
 comparison.  The gate checks ``median(eager) / median(fused)`` against a threshold; the other
 contenders' ratios are shown for information.
 
@@ -16,7 +16,7 @@ from typing import Dict, Iterable, List, NamedTuple, Optional, Tuple
 FUSED = "fused"
 BASELINE = "eager"
 INFORMATIONAL = ("eager_nchw", "fused_triton", "fused_graphs", "compile", "compile_max",
-                 "conv_alone", "mm")
+                 "conv_alone", "mm", "triton_mm")
 
 # Thresholds for --min-speedup=auto, per device the suite ran on.  CPU: the strictest value
 # that held in 5 consecutive runs on a noisy 2-core machine (docs/benchmarks.md).  CUDA: the

@@ -19,8 +19,9 @@
 #                                 warm-up (the first runs the tuner, the second finds it stored)
 #   models        110    57-70    fp16 b256, 3 models x (eager, eager NCHW, fused, CUDA graphs,
 #                                 torch.compile); tuner choices come from disk
-#   layers        120    26-31    34 layer geometries, tuner choices from disk (then; each
-#                                 contender's GPU time and host time now come on top)
+#   layers        150    26-31    34 layer geometries, tuner choices from disk (then; each
+#                                 contender's GPU time and host time, the references and the
+#                                 reference GEMM's ~10 compiles now come on top)
 #   gpu_tests     120    >82      pytest -m gpu, FUSEDRES_AUTOTUNE=0 (numerics, not the tuner;
 #                                 one test autotunes): every new shape compiles, one at a time
 #   models_small   60    26-32    fp16 batch 1 (launch-bound: CUDA graphs), ResNet-18/50
@@ -81,7 +82,7 @@ stage() {
     pack
 }
 
-log "plan (limits, s): warmup 90, first_call 50, models 110, layers 120, gpu_tests 120, models_small 60, host 45, compile_max 180; total budget ${TOTAL}s"
+log "plan (limits, s): warmup 90, first_call 50, models 110, layers 150, gpu_tests 120, models_small 60, host 45, compile_max 180; total budget ${TOTAL}s"
 
 if python -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
     DRY=0
@@ -146,7 +147,7 @@ export FUSEDRES_KERNEL_REPORT="$WORK/kernels_models.json"
 stage models 110 "${BENCH[@]}" benchmarks/test_models.py -k "$HEADLINE" --bench-compile on \
     --benchmark-json "$WORK/models.json"
 export FUSEDRES_KERNEL_REPORT="$WORK/kernels_layers.json"
-stage layers 120 "${BENCH[@]}" benchmarks/test_layers.py ${LAYERS:+-k "$LAYERS"} \
+stage layers 150 "${BENCH[@]}" benchmarks/test_layers.py ${LAYERS:+-k "$LAYERS"} \
     --benchmark-json "$WORK/layers.json"
 unset FUSEDRES_KERNEL_REPORT
 

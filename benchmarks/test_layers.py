@@ -12,6 +12,7 @@ from fusedres import ops
 from fusedres.folding import FoldCache
 from fusedres.kernels import cudnn_allows_tf32
 from fusedres.kernels.conv import launcher
+from fusedres.kernels.gemm import persistent_matmul
 from fusedres.trace import trace_launches, unique
 
 # (batch, size, dtype) the models are traced at.  GPU: the headline configuration.  CPU:
@@ -95,9 +96,10 @@ def layer_contenders(geometry, device):
 
 def references(geometry, conv, x):
     """What the layer's main convolution costs alone, without BatchNorm or epilogue:
-    ``conv_alone`` (cuDNN's ``F.conv2d``) and, for a 1x1 stride-1 ungrouped layer,
-    ``mm`` (cuBLAS's ``torch.mm`` on its [M, C_in] x [C_in, C_out] GEMM, channels_last
-    activations being that matrix already).  Informational contenders (benchmarks/gate.py)."""
+    ``conv_alone`` (cuDNN's ``F.conv2d``) and, for a 1x1 stride-1 ungrouped layer, its
+    [M, C_in] x [C_in, C_out] GEMM (channels_last activations being that matrix already) by
+    cuBLAS (``mm``) and by a plain persistent TMA Triton GEMM (``triton_mm``, kernels/gemm/:
+    what Triton reaches on the card).  Informational contenders (benchmarks/gate.py)."""
     def conv_alone():
         with torch.inference_mode():
             return conv(x)
@@ -111,7 +113,11 @@ def references(geometry, conv, x):
             with torch.inference_mode():
                 return torch.mm(a, b)
 
-        refs["mm"] = mm
+        def triton_mm():
+            with torch.inference_mode():
+                return persistent_matmul(a, b)
+
+        refs.update(mm=mm, triton_mm=triton_mm)
     return refs
 
 

@@ -257,7 +257,7 @@ def compile_and_measure(job: Job) -> CompileResult:
     try:
         compiled = compile_here(job)
         cubin = compiled.asm["cubin"]
-        registers, stack = _resource_usage(cubin)
+        registers, stack = resource_usage(cubin)
         loop = read_k_loop(_cuobjdump_text("--dump-sass", cubin))
     except Exception as error:  # a compile failure is a finding to report, not a crash
         return CompileResult(seconds=time.perf_counter() - start, error=_error_summary(error))
@@ -339,7 +339,7 @@ def _cuobjdump_text(option, cubin):
                               check=True, capture_output=True, text=True).stdout
 
 
-def _resource_usage(cubin):
+def resource_usage(cubin):
     """(registers, stack bytes) of the cubin's kernel, from ``cuobjdump --dump-resource-usage``.
     Stack bytes are local memory the kernel needs per thread: register spills."""
     out = _cuobjdump_text("--dump-resource-usage", cubin)

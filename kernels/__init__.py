@@ -4,6 +4,7 @@ Knows tensors, shapes and dtypes; never imports from ``fusedres``.
 
     conv/        the fused convolution (conv_bn_act) and its configs
     scale_add/   act(y * gate + residual), the end of an SE / ECA block
+    gemm/        a plain persistent TMA GEMM, the benchmarks' Triton reference
     autotune.py  the tuner that stores its choices on disk
     checks.py    input checks shared by the launchers
     layout.py    the packed weight layout

@@ -1,9 +1,9 @@
-"""Checks that need the stand-in GPU (fusedres/standin.py), run in a fresh process without
-TRITON_INTERPRET (the test process interprets its kernels, and the stand-in needs Triton's
-JIT).  ``run_checks(names)`` runs them there and returns ``{name: result}``; each check
+"""Checks that need Triton's JIT, run in a fresh process without TRITON_INTERPRET (the test
+process interprets its kernels): the stand-in GPU's (fusedres/standin.py) and compiles for a
+GPU target.  ``run_checks(names)`` runs them there and returns ``{name: result}``; each check
 returns plain data for the tests to assert on (tests/kernels/conv/test_plan.py,
-tests/test_plans.py).  Imports nothing from the test suite's conftest, which would switch
-the interpreter on."""
+tests/test_plans.py, tests/kernels/test_gemm.py).  Imports nothing from the test suite's
+conftest, which would switch the interpreter on."""
 import copy
 import json
 import os
@@ -313,8 +313,32 @@ def check_staleness():
     return results
 
 
+def check_gemm_compile():
+    """The reference GEMM (kernels/gemm/) compiled by Triton for sm_90, no GPU needed: its
+    tensor-core instruction, registers and spill (stack) bytes."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    from fusedres import aot
+    from fusedres.kernels.gemm import launcher
+    from fusedres.kernels.gemm.kernel import persistent_matmul_kernel
+    tile = {k: v for k, v in launcher.TILE.items() if k not in ("num_warps", "num_stages")}
+    constexprs = {"N": 256, "K": 1024, **tile, "PROGRAMS": 132, "UPCAST_DOT": False}
+    source = triton.compiler.ASTSource(
+        persistent_matmul_kernel,
+        signature={"a_ptr": "*fp16", "b_ptr": "*fp16", "c_ptr": "*fp16", "M": "i32",
+                   **dict.fromkeys(constexprs, "constexpr")},
+        constexprs=constexprs)
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32),
+                              options={"num_warps": launcher.TILE["num_warps"],
+                                       "num_stages": launcher.TILE["num_stages"]})
+    registers, stack = aot.resource_usage(compiled.asm["cubin"])
+    return dict(wgmma="wgmma" in compiled.asm["ptx"], registers=registers, stack=stack)
+
+
 CHECKS = {"same_calls": check_same_calls, "guards": check_guards,
-          "model_gate": check_model_gate, "staleness": check_staleness}
+          "model_gate": check_model_gate, "staleness": check_staleness,
+          "gemm_compile": check_gemm_compile}
 
 
 def main(names):

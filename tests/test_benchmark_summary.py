@@ -15,13 +15,15 @@ def test_layer_rows_show_gpu_time_and_references():
                _entry("test_layer", "fused", 0.005, gpu_ms=1.5, host_ms=0.2, tflop_per_s=2,
                       gb_per_s=2, config="cudnn"),
                _entry("test_layer", "conv_alone", 0.003, gpu_ms=1.2),
-               _entry("test_layer", "mm", 0.003, gpu_ms=0.9)]
+               _entry("test_layer", "mm", 0.003, gpu_ms=0.9),
+               _entry("test_layer", "triton_mm", 0.003, gpu_ms=1.8)]
     text, verdict = summary.render({}, entries, 1.0)
     row = next(line for line in text.splitlines() if line.startswith("| test_layer[layer=a]"))
     cells = [cell.strip() for cell in row.strip("|").split("|")]
-    # wall 0.80x, GPU 2.00x, conv alone / fused 0.80, mm / fused 0.60, host, ..., backend
-    assert cells[3] == "0.80" and cells[6] == "2.00" and cells[7:9] == ["0.80", "0.60"]
-    assert cells[9] == "0.200" and cells[-1] == "cudnn"
+    # wall 0.80x, GPU 2.00x, conv alone / mm / triton mm over fused, host, ..., backend
+    assert cells[3] == "0.80" and cells[6] == "2.00"
+    assert cells[7:10] == ["0.80", "0.60", "1.20"]
+    assert cells[10] == "0.200" and cells[-1] == "cudnn"
     assert verdict.passed  # judged in GPU time, where fused wins
 
 

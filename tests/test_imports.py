@@ -1,8 +1,11 @@
 """The import graph, read from the source with ``ast`` (every import, lazy ones inside
 functions included): layers point down only (benchmarks, tests -> fusedres -> kernels), no
-module imports names from a package above it, and no import circle."""
+module imports names from a package above it, and no import circle; and pyproject.toml
+installs every package."""
 import ast
 import os
+
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The source folder of each package prefix: kernels/ installs as fusedres.kernels.
@@ -96,3 +99,13 @@ def test_the_graph_is_read():
     assert "fusedres.kernels.conv.launcher" in GRAPH["fusedres.kernels.conv"]
     assert "fusedres.kernels" in GRAPH["fusedres.trace"]
     assert "fusedres.kernels.conv.walk_taps" in GRAPH["fusedres.kernels.conv.kernel"]
+
+
+def test_pyproject_installs_every_package():
+    """A package missing from pyproject's explicit list would be left out of a wheel (an
+    editable install still finds it, so nothing else would notice)."""
+    tomllib = pytest.importorskip("tomllib", reason="Python 3.11+ reads TOML")
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as file:
+        listed = tomllib.load(file)["tool"]["setuptools"]["packages"]
+    packages = sorted(name for name, path in MODULES.items() if path.endswith("__init__.py"))
+    assert sorted(listed) == packages
