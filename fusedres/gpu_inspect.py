@@ -23,7 +23,7 @@ from .aot import TENSOR_CORE_OPS, CompileResult, Job
 from .cli import positive_int
 from .kernels import cudnn_allows_tf32
 from .kernels import ConvConfig, ConvGeometry
-from .kernels.conv import configs, cudnn, launcher
+from .kernels.conv import backends, configs, launcher
 from . import model_names
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -161,7 +161,7 @@ def inspect_model(model_name, dtype, arch, batch=256, size=(224, 224), allow_tf3
     rows = [Row(geometry, config, arch, result)
             for (geometry, config), result in zip(pairs, results)]
     # The tuner's cuDNN candidate beside each geometry's tiles: nothing to compile.
-    if cudnn.allowed() and (config_text is None or config_text in configs.CUDNN.describe()):
+    if backends.cudnn_allowed() and (config_text is None or config_text in configs.CUDNN.describe()):
         rows += [Row(geometry, configs.CUDNN, arch, CompileResult())
                  for geometry in dict.fromkeys(
                      g for g in specialisations(model_name, dtype, batch, size)

@@ -6,6 +6,7 @@
     plan.py          LaunchPlan: a launch replayed without the launcher (guards + one call)
     cudnn.py         the cuDNN backend: the same computation by torch ops (a tuner candidate,
                      and fusedres' CPU path)
+    backends.py      which backends the tuner may choose (FUSEDRES_BACKENDS, triton_only)
     kernel.py        the entry JIT kernel: tile mapping, K range, walks, epilogue
     walk_*.py        its K walks (taps, gathered, strips, tma, shortcut), @triton.jit
                      helpers Triton inlines
@@ -14,7 +15,8 @@
     split_k.py       split-K's reduction + epilogue kernel
 """
 from .configs import ConvConfig
-from .cudnn import conv_bn_act_torch, triton_only
+from .backends import triton_only
+from .cudnn import conv_bn_act_torch
 from .geometry import ConvGeometry, Shortcut, conv_output_size
 from .launcher import Launch, conv_bn_act, conv_bn_act_with_plan, record_launches
 from .plan import LaunchPlan

@@ -25,7 +25,7 @@ class ConvConfig(NamedTuple):
     launcher option, not a kernel constexpr: the launcher pads the input's channels to this
     many first (0: not).  ``cudnn``: not a Triton config at all but the cuDNN backend
     (kernels/conv/cudnn.py; ``CUDNN``, every other field unused), a candidate beside the
-    tiles wherever ``cudnn.allowed``.
+    tiles wherever ``backends.cudnn_allowed()``.
     """
     block_m: int
     block_n: int

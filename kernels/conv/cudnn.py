@@ -5,47 +5,13 @@ ResNet-D's 2x2 average pool), the residual and the ReLU, NaN-keeping as eager's.
 ``conv_bn_act_torch`` is the computation on torch-layout weights: ``fusedres.ops`` runs it on
 CPU tensors.  ``conv_bn_act_cudnn`` runs it on the launcher's packed weights, as the tuner's
 ``cudnn`` candidate (configs.CUDNN) beside the Triton tiles: their torch layout is made once
-per packed weight.  ``allowed()`` says whether the candidate is offered.
+per packed weight.  Whether the tuner offers it: kernels/conv/backends.py.
 """
-import contextlib
-import os
 import threading
 import weakref
 
 import torch
 import torch.nn.functional as F
-
-BACKENDS = ("triton", "cudnn")
-
-_local = threading.local()  # .triton_only: inside triton_only() in this thread
-
-
-def allowed() -> bool:
-    """Whether the tuner may pick the cuDNN candidate: unless ``FUSEDRES_BACKENDS`` names
-    only ``triton`` (a comma-separated subset of ``BACKENDS``; default both), or inside
-    ``triton_only()``.  Triton is always a candidate."""
-    if getattr(_local, "triton_only", False):
-        return False
-    names = [n.strip() for n in os.environ.get("FUSEDRES_BACKENDS", "triton,cudnn").split(",")
-             if n.strip()]
-    unknown = [n for n in names if n not in BACKENDS]
-    if unknown or "triton" not in names:
-        raise ValueError(f"FUSEDRES_BACKENDS={os.environ['FUSEDRES_BACKENDS']!r}: expected a "
-                         f"comma-separated subset of {', '.join(BACKENDS)} that includes "
-                         f"triton (got {', '.join(unknown) or 'no triton'})")
-    return "cudnn" in names
-
-
-@contextlib.contextmanager
-def triton_only():
-    """Inside the block, this thread's launches choose among Triton configs only."""
-    previous = getattr(_local, "triton_only", False)
-    _local.triton_only = True
-    try:
-        yield
-    finally:
-        _local.triton_only = previous
-
 
 def conv_bn_act_torch(x, weight, bias, stride, padding, dilation, groups, relu,
                       residual=None, shortcut=None, shortcut_pool=False):

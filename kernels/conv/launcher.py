@@ -2,7 +2,8 @@
 
 The config: the caller's ``config=`` when given; else one large config under the
 interpreter (``configs.interpreter_config``), the tuner's pick among ``configs.candidates``
-and the cuDNN backend (``configs.CUDNN``, kernels/conv/cudnn.py, where ``cudnn.allowed()``)
+and the cuDNN backend (``configs.CUDNN``, kernels/conv/cudnn.py, where
+``backends.cudnn_allowed()``)
 on a GPU (kernels/autotune.py), or ``configs.default_config`` with FUSEDRES_AUTOTUNE=0.
 ``record_launches()`` lets a caller see what each launch really ran.
 """
@@ -18,7 +19,7 @@ import triton
 from .. import autotune, runtime
 from ..checks import check_activation, check_launch_input, check_packed
 from ..layout import pad_channels, pad_weight_rows
-from . import configs, cudnn, plan
+from . import backends, configs, cudnn, plan
 from .configs import ConvConfig
 from .geometry import ConvGeometry, Shortcut, conv_output_size
 from .kernel import conv_bn_act_kernel
@@ -324,7 +325,7 @@ def _split_k_epilogue(part, bias, residual, out, m, consts):
 
 def choose_config(ints, consts, dtype, launch, device):
     """The GPU config for one launch: the tuner's pick among ``configs.candidates`` for this
-    device and, where ``cudnn.allowed()``, the cuDNN backend (it calls ``launch(config)`` to
+    device and, where ``backends.cudnn_allowed()``, the cuDNN backend (it calls ``launch(config)`` to
     time them the first time a geometry is seen on this machine), or
     ``configs.default_config`` when autotuning is off."""
     element_size = dtype.itemsize
@@ -332,7 +333,7 @@ def choose_config(ints, consts, dtype, launch, device):
         return configs.default_config(ints["M"], consts, element_size)
     key = tuning_key(ints, consts, dtype)
     # The candidate list per key, device and backends, built once: this runs on every launch.
-    with_cudnn = device.type == "cuda" and cudnn.allowed()
+    with_cudnn = device.type == "cuda" and backends.cudnn_allowed()
     listed = _CANDIDATES.get((device, key, with_cudnn))
     if listed is None:
         listed = configs.candidates(consts, element_size, ints["M"], runtime.arch(device),

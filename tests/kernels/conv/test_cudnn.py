@@ -3,13 +3,14 @@
 Its computation (torch ops on the launcher's packed weights) against float64 for every
 geometry and epilogue, the shortcut, the pooled shortcut and NaN/Inf, through the launcher
 with an explicit ``configs.CUDNN`` (on CPU tensors: the same ops, minus cuDNN itself); when
-the tuner offers it and how it picks and stores it, from fake timings; the
-``FUSEDRES_BACKENDS`` switch.  GPU-marked: bit-for-bit eager's conv + bias + add + ReLU."""
+the tuner offers it and how it picks and stores it, from fake timings (the switch itself:
+tests/kernels/conv/test_backends.py).  GPU-marked: bit-for-bit eager's conv + bias + add +
+ReLU."""
 import pytest
 import torch
 import torch.nn.functional as F
 
-from fusedres.kernels import autotune, pack_weight, runtime, triton_only
+from fusedres.kernels import autotune, pack_weight, runtime
 from fusedres.kernels.conv import configs, cudnn, launcher
 
 from ...conftest import DEVICE
@@ -59,26 +60,6 @@ def test_torch_layout_is_made_once_per_weight():
     key = id(packed)
     del packed, first, again
     assert key not in cudnn._LAYOUTS  # gone with its weight
-
-
-@pytest.mark.parametrize("value,allowed", [(None, True), ("triton,cudnn", True),
-                                           ("triton", False), (" triton , cudnn ", True)])
-def test_backends_switch(monkeypatch, value, allowed):
-    if value is None:
-        monkeypatch.delenv("FUSEDRES_BACKENDS", raising=False)
-    else:
-        monkeypatch.setenv("FUSEDRES_BACKENDS", value)
-    assert cudnn.allowed() is allowed
-    with triton_only():
-        assert cudnn.allowed() is False
-    assert cudnn.allowed() is allowed
-
-
-@pytest.mark.parametrize("value", ["cudnn", "triton,cuda", ""])
-def test_backends_switch_rejects_what_it_cannot_do(monkeypatch, value):
-    monkeypatch.setenv("FUSEDRES_BACKENDS", value)
-    with pytest.raises(ValueError, match="FUSEDRES_BACKENDS"):
-        cudnn.allowed()
 
 
 @pytest.fixture
