@@ -36,7 +36,7 @@ def _gpu(device, choice):
         with standin.standin_gpu(choice) as gpu:
             yield gpu
     else:
-        with mock.patch.object(launcher._TUNER, "pick", standin.pick(choice)):
+        with mock.patch.object(launcher.TUNER, "pick", standin.pick(choice)):
             yield None
 
 

@@ -135,7 +135,8 @@ def conv_bn_act(x, conv, bn, cache, *, relu, residual=None, shortcut=None, short
                 shortcut is not None and shortcut_pool, relu, kernels.cudnn_allows_tf32())
         # Eager calls skip the dispatcher (microseconds per step matter at batch 1), and on
         # the GPU replay the launch site's plan for this input where it has one.
-        if plans_launches(x):
+        planned = plans_launches(x)
+        if planned:
             plan = cache.plan(x.shape, f)
             if plan is not None:
                 y = plan(x, residual, None if shortcut is None else xs)
@@ -146,7 +147,7 @@ def conv_bn_act(x, conv, bn, cache, *, relu, residual=None, shortcut=None, short
             dilation=conv.dilation[0], groups=conv.groups, relu=relu, residual=residual,
             shortcut=None if shortcut is None else (xs, f.shortcut_weight, stride_s),
             shortcut_pool=shortcut_pool)
-        if not plans_launches(x):
+        if not planned:
             return kernels.conv_bn_act(x, f.weight, f.bias, **arguments)
         y, plan = kernels.conv_bn_act_with_plan(x, f.weight, f.bias, folded=f, **arguments)
         if plan is not None:

@@ -28,7 +28,7 @@ from .watch import ModelWatch, registrations
 
 
 class PlanGate:
-    """The per-model state behind ``trusted``; a plain attribute of the model (copies and
+    """The per-model state behind ``steps``; a plain attribute of the model (copies and
     pickles start afresh)."""
 
     def __init__(self):
@@ -39,9 +39,8 @@ class PlanGate:
 
     def steps(self, model: nn.Module, x: torch.Tensor):
         """None, or the steps (callables) of ``model.plan_walk()`` (``block_walk``) when this
-        forward of
-        ``model`` on ``x`` may replay its sites' plans unchecked (``FoldCache.replay``).
-        Drops every plan first when anything changed."""
+        forward of ``model`` on ``x`` may replay its sites' plans unchecked
+        (``FoldCache.replay``).  Drops every plan first when anything changed."""
         if model.training or not ops.plans_launches(x) or ops.tracing():
             return None
         if ops.autocast_enabled(x):

@@ -118,7 +118,7 @@ def standin_gpu(choose="plain", *, arch=90, sms=132, record=False):
             ops, "plans_launches", lambda x: ops.LAUNCH_PLANS and on_cpu(x)))
         stack.enter_context(mock.patch.object(runtime, "arch", lambda device: arch))
         stack.enter_context(mock.patch.object(runtime, "sm_count", lambda device: sms))
-        stack.enter_context(mock.patch.object(launcher._TUNER, "pick", pick(choose)))
+        stack.enter_context(mock.patch.object(launcher.TUNER, "pick", pick(choose)))
         yield StandInGPU(driver, calls)
 
 

@@ -32,7 +32,8 @@ JIT_FUNCTIONS = (conv_bn_act_kernel, split_k_epilogue_kernel)
 # ``fusedres inspect``'s cached readings.
 KERNEL_SOURCES = tuple(sorted(glob.glob(os.path.join(os.path.dirname(__file__), "*.py"))))
 
-_TUNER = autotune.Tuner("conv_bn_act", KERNEL_SOURCES)
+# The tuner the launches pick with (public: a stand-in GPU or a benchmark may force its pick).
+TUNER = autotune.Tuner("conv_bn_act", KERNEL_SOURCES)
 
 
 class Launch(NamedTuple):
@@ -340,7 +341,7 @@ def choose_config(ints, consts, dtype, launch, device):
                                     runtime.sm_count(device))
         listed = _CANDIDATES.setdefault((device, key, with_cudnn),
                                         listed + [configs.CUDNN] * with_cudnn)
-    return _TUNER.pick(key, listed, launch, device)
+    return TUNER.pick(key, listed, launch, device)
 
 
 _CANDIDATES = {}
@@ -354,12 +355,12 @@ def tuning_key(ints, consts, dtype):
 def chosen_config(geometry, allow_tf32):
     """The config the tuner picked in this process for a launch of ``geometry``, or None."""
     ints, consts = geometry.scalars(allow_tf32, interpreted=False)
-    return _TUNER.chosen().get(tuning_key(ints, consts, geometry.dtype))
+    return TUNER.chosen().get(tuning_key(ints, consts, geometry.dtype))
 
 
 def forget_choices():
     """Drop the tuner's in-memory choices (the stored ones stay)."""
-    _TUNER.forget()
+    TUNER.forget()
 
 
 def compile_ahead(geometry, config, allow_tf32):

@@ -80,7 +80,7 @@ def fake_gpu(tmp_path, monkeypatch):
     monkeypatch.setattr(autotune, "benchmark", benchmark)
 
     def choose(geometry):
-        monkeypatch.setattr(launcher, "_TUNER", autotune.Tuner("conv_bn_act",
+        monkeypatch.setattr(launcher, "TUNER", autotune.Tuner("conv_bn_act",
                                                                launcher.KERNEL_SOURCES))
         ints, consts = geometry.scalars(allow_tf32=False, interpreted=False)
         return launcher.choose_config(ints, consts, geometry.dtype, lambda config: config,
