@@ -7,7 +7,8 @@
     cudnn.py         the cuDNN backend: the same computation by torch ops (a tuner candidate,
                      and fusedres' CPU path)
     backends.py      which backends the tuner may choose (FUSEDRES_BACKENDS, triton_only)
-    kernel.py        the entry JIT kernel: tile mapping, K range, walks, epilogue
+    kernel.py        the entry JIT kernel: programs -> tiles (one each, or persistent)
+    tile.py          one output tile: pixels, K range, walks, epilogue
     walk_*.py        its K walks (taps, gathered, strips, tma, shortcut), @triton.jit
                      helpers Triton inlines
     dot.py           the tile product the walks accumulate with

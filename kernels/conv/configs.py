@@ -21,7 +21,11 @@ class ConvConfig(NamedTuple):
     convolutions).  ``split_k``: K slices per tile (1: none).  ``tma``: tiles loaded through
     TMA descriptors (sm_90).  ``strip``: the stem's K walk as filter-row strips.
     ``swap_ab``: the transposed tile (output channels as the MMA's M).  ``patch_w``: an M
-    tile is a patch of output rows this many pixels wide (0: a run of pixels).  ``pad_c``: a
+    tile is a patch of output rows this many pixels wide (0: a run of pixels).
+    ``persistent``: TMA tiles walked by at most one program per SM, each looping over its
+    tiles (kernels/conv/kernel.py; the launcher sizes the grid); ``flatten``: its tile loop
+    and K walk pipelined as one loop, so the next tile's loads overlap this one's epilogue.
+    ``pad_c``: a
     launcher option, not a kernel constexpr: the launcher pads the input's channels to this
     many first (0: not).  ``cudnn``: not a Triton config at all but the cuDNN backend
     (kernels/conv/cudnn.py; ``CUDNN``, every other field unused), a candidate beside the
@@ -40,6 +44,8 @@ class ConvConfig(NamedTuple):
     patch_w: int = 0
     pad_c: int = 0
     cudnn: bool = False
+    persistent: bool = False
+    flatten: bool = False
 
     @property
     def tile(self):
@@ -49,7 +55,8 @@ class ConvConfig(NamedTuple):
         """The kernel's constexprs for this config (``pad_c`` is the launcher's)."""
         return dict(BLOCK_M=self.block_m, BLOCK_N=self.block_n, BLOCK_K=self.block_k,
                     RECOMPUTE_TAPS=self.recompute_taps, SPLIT_K=self.split_k, USE_TMA=self.tma,
-                    STRIP_K=self.strip, SWAP_AB=self.swap_ab, PATCH_W=self.patch_w)
+                    STRIP_K=self.strip, SWAP_AB=self.swap_ab, PATCH_W=self.patch_w,
+                    PERSISTENT=self.persistent, FLATTEN=self.flatten)
 
     def launch_options(self) -> dict:
         """The keyword arguments of a JIT launch with this config.  Every launch and every
@@ -59,9 +66,11 @@ class ConvConfig(NamedTuple):
 
     def options(self) -> str:
         """The variant flags that are set, in words: ``cudnn``, ``recomputed-taps``, ``split-k 4``,
-        ``tma``, ``patch 8``, ``swap-ab``, ``strip``, ``pad-c 4`` ("" for none)."""
+        ``tma``, ``persistent``, ``flattened``, ``patch 8``, ``swap-ab``, ``strip``, ``pad-c 4``
+        ("" for none)."""
         words = [("cudnn", self.cudnn), ("recomputed-taps", self.recompute_taps),
                  (f"split-k {self.split_k}", self.split_k > 1), ("tma", self.tma),
+                 ("persistent", self.persistent), ("flattened", self.flatten),
                  (f"patch {self.patch_w}", self.patch_w), ("swap-ab", self.swap_ab),
                  ("strip", self.strip), (f"pad-c {self.pad_c}", self.pad_c)]
         return " ".join(word for word, on in words if on)
@@ -137,6 +146,10 @@ def check_config(config, consts, element_size):
             refuse("tma", "needs patch_w except on 1x1 unpadded convolutions")
         if config.patch_w and consts["C_in"] % config.block_k:
             refuse("tma", "patch tiles need C_in a multiple of block_k")
+    if config.persistent and (not config.tma or config.split_k > 1):
+        refuse("persistent", "applies to TMA tiles without split-K")
+    if config.flatten and not config.persistent:
+        refuse("flatten", "applies to persistent configs only")
 
 
 def _tiles(*rows):
@@ -174,6 +187,10 @@ _RECOMPUTED_TILES = {2: ((128, 128, 64), (64, 128, 64)), 4: ((128, 128, 32), (64
 # The stem's gathered walk on sm_90 keeps only the tile that won it on an H200 (the strip
 # walk issues half the instructions; this stays the fallback until a GPU run times strips).
 _PROVEN_GATHERED_TILE = (128, 128, 32)
+# The tile that won no 3x3 stride-1 layer of M >= 12,544 in the H200 runs' tuner records
+# (docs/inspect.md): where persistent patch tiles join such a launch's list on sm_90, they
+# take its place within MAX_CANDIDATES.
+_LOSING_WIDE_TILE = (128, 128, 32)
 # A tile count that fills an H100/H200 (132 SMs) about twice: below it, smaller tiles win by
 # giving every SM work.  The default config is a heuristic for when tuning is off, not sized
 # per device.
@@ -222,10 +239,12 @@ def candidates(consts, element_size, m=None, arch=None, sms=None):
     listed += split
     strips = strip_candidates(consts)
     if hopper:
-        tma = tma_candidates(consts, size)
+        tma = tma_candidates(consts, size, m, sms)
         patches = any(c.patch_w for c in tma)
+        persistent_patches = any(c.patch_w and c.persistent for c in tma)
         listed = [c for c in listed if c.num_warps >= 4
                   and not ((uses_recomputed(consts) or patches) and c.tile[:2] == (64, 64))
+                  and not (persistent_patches and c.tile == _LOSING_WIDE_TILE)
                   and not (strips and c.tile != _PROVEN_GATHERED_TILE)]
         listed += tma
     return listed + strips
@@ -327,11 +346,13 @@ def patch_tile(oh, ow, pixels):
     return patch_w * min(pixels // patch_w, triton.next_power_of_2(oh)), patch_w
 
 
-def tma_candidates(consts, element_size):
-    """The TMA configs for a launch that can take them.  1x1: one, where K has at least two
-    steps (C_in >= 128; a single step has no loop to pipeline): 128x128x64 on 8 warps, or
-    128x64x64 on 4 where C_out is 64.  Other stride-1 convolutions (ResNet's 3x3): the patch
-    tiles, through a 4-D descriptor whose zero fill is the padding, swap-AB."""
+def tma_candidates(consts, element_size, m=None, sms=None):
+    """The TMA configs for a launch that can take them.  1x1: where K has at least two steps
+    (C_in >= 128; a single step has no loop to pipeline), 128x128x64 on 8 warps, or 128x64x64
+    on 4 where C_out is 64.  Other stride-1 convolutions (ResNet's 3x3): the patch tiles,
+    through a 4-D descriptor whose zero fill is the padding, swap-AB.  Where the first tile's
+    grid has more tiles than the GPU's ``sms`` (or ``m`` is not given), it also runs
+    persistent (``persistent_candidates``)."""
     if not uses_tma(consts, element_size):
         return []
     if not is_gemm(consts):
@@ -342,12 +363,38 @@ def tma_candidates(consts, element_size):
             block_m, patch_w = patch_tile(consts["OH"], consts["OW"], pixels)
             configs.append(ConvConfig(block_m, channels, TMA_BLOCK_K, warps, 3, tma=True,
                                       swap_ab=True, patch_w=patch_w))
-        return configs
-    if consts["C_in"] < 2 * TMA_BLOCK_K:
+    elif consts["C_in"] < 2 * TMA_BLOCK_K:
         return []
-    if consts["C_out"] >= 128:
-        return [ConvConfig(128, 128, 64, 8, 3, tma=True)]
-    return [ConvConfig(128, 64, 64, 4, 4, tma=True)]
+    elif consts["C_out"] >= 128:
+        configs = [ConvConfig(128, 128, 64, 8, 3, tma=True)]
+    else:
+        configs = [ConvConfig(128, 64, 64, 4, 4, tma=True)]
+    if m is None or _output_tiles(m, consts, configs[0]) > (sms or TYPICAL_SMS[90]):
+        configs += persistent_candidates(consts, configs[0])
+    return configs
+
+
+def persistent_candidates(consts, config):
+    """The persistent versions of TMA ``config``: for a 1x1 (a GEMM, whose short K walks
+    leave the most to gain from overlapping tiles) both the nested loops and the flattened
+    one; for patch tiles, whose K walks are 9x longer, the nested loops only.  Not flattened
+    with a fused shortcut: Triton flattens a loop with one inner loop only, and leaves the
+    two K walks' loops nested (the same code as the nested candidate)."""
+    persistent = config._replace(persistent=True)
+    if is_gemm(consts) and not consts["HAS_SHORTCUT"]:
+        return [persistent, persistent._replace(flatten=True)]
+    return [persistent]
+
+
+def _output_tiles(m, consts, config):
+    """The output tiles of a launch of M = ``m`` with ``config`` (one group: TMA has none)."""
+    if config.patch_w:
+        rows = config.block_m // config.patch_w
+        m_tiles = (m // (consts["OH"] * consts["OW"]) * triton.cdiv(consts["OH"], rows)
+                   * triton.cdiv(consts["OW"], config.patch_w))
+    else:
+        m_tiles = triton.cdiv(m, config.block_m)
+    return m_tiles * triton.cdiv(consts["C_out"], config.block_n)
 
 
 # ---------------------------------------------------------------- split-K

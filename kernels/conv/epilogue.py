@@ -4,11 +4,12 @@ import triton.language as tl
 
 
 @triton.jit
-def bias_residual_act_store(acc, bias_ptr, res_ptr, out_ptr, co, n_mask, out_off, out_mask,
+def bias_residual_act_store(acc, bias, res_ptr, out_ptr, out_off, out_mask,
                             HAS_RESIDUAL: tl.constexpr, RELU: tl.constexpr):
-    """``out = act(acc + bias [+ residual])`` in fp32, rounded once at the store.  ``co`` and
-    ``n_mask``: the tile's output channels; ``out_off``/``out_mask``: its NHWC elements."""
-    acc += tl.load(bias_ptr + co, mask=n_mask, other=0.0)[None, :]
+    """``out = act(acc + bias [+ residual])`` in fp32, rounded once at the store.  ``bias``:
+    the tile's channels' fp32 bias (loaded by the caller, which decides when);
+    ``out_off``/``out_mask``: the tile's NHWC elements."""
+    acc += bias[None, :]
     if HAS_RESIDUAL:
         acc += tl.load(res_ptr + out_off, mask=out_mask, other=0.0).to(tl.float32)
     if RELU:

@@ -2,12 +2,13 @@
 
     out = act(conv(x, W) [+ conv1x1_s(xs, Ws)] + bias [+ residual])
 
-GEMM view, per group g: M = N*OH*OW output pixels, N = C_out/groups channels,
-K = KH*KW*C_in/groups.  Each program owns a BLOCK_M x BLOCK_N output tile: it maps the tile
-to pixels, picks its range of K steps, walks K (one of the walks below, chosen by
-constexprs), accumulates the shortcut's K walk into the same fp32 tile, and ends with the
-epilogue (bias, residual, ReLU) before its only store; with split-K it stores an fp32
-partial tile instead and ``split_k.py`` finishes.
+GEMM view, per group: M = N*OH*OW output pixels, N = C_out/groups channels,
+K = KH*KW*C_in/groups, cut into BLOCK_M x BLOCK_N output tiles (tile.py: one tile's pixels,
+K walks and epilogue, up to its only store; with split-K an fp32 partial tile that
+``split_k.py`` finishes).  This kernel maps programs to tiles: one tile per program, or
+(PERSISTENT) a grid of at most one program per SM, each walking the tiles ``pid, pid +
+programs, ...`` in grouped order with its TMA descriptors made once (FLATTEN: the tile
+loop and the K walk software-pipelined as one loop).
 
 K walks (``@triton.jit`` helpers, one file each but the two TMA walks, inlined by Triton):
   walk_taps        tap-major by pointers (default; RECOMPUTE_TAPS: offsets per step)
@@ -23,12 +24,8 @@ the order the K walks read, so every weight tile is one contiguous strip of rows
 import triton
 import triton.language as tl
 
-from .epilogue import bias_residual_act_store
-from .walk_gathered import walk_gathered
-from .walk_shortcut import walk_shortcut
-from .walk_strips import walk_strips
-from .walk_taps import walk_taps
-from .walk_tma import walk_tma_patches, walk_tma_rows
+from .tile import conv_tile
+from .walk_tma import tma_descriptors
 
 
 @triton.jit
@@ -56,129 +53,49 @@ def conv_bn_act_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     RECOMPUTE_TAPS: tl.constexpr, SPLIT_K: tl.constexpr, USE_TMA: tl.constexpr,
     STRIP_K: tl.constexpr, SWAP_AB: tl.constexpr, PATCH_W: tl.constexpr,
+    PERSISTENT: tl.constexpr, FLATTEN: tl.constexpr,
 ):
-    cin_g: tl.constexpr = C_in // GROUPS
-    cout_g: tl.constexpr = C_out // GROUPS
-
-    # ---- the tile's pixels and channels
-    # Programs that share an M tile (the same input pixels) run next to each other, so the
-    # input rows they all read stay in L2 while the N tiles sweep the (small) weight.
-    pid = tl.program_id(0)
-    num_n: tl.constexpr = (cout_g + BLOCK_N - 1) // BLOCK_N
-    pid_m = pid // num_n
-    pid_n = pid % num_n
-    group = tl.program_id(1)
-
-    if PATCH_W > 0:
-        # Patch tiles: the program's BLOCK_M pixels are a PATCH_H x PATCH_W patch of one
-        # image's output rows, so that at stride 1 each tap reads one box of the input.
-        tl.static_assert(BLOCK_M % PATCH_W == 0 and not GATHER_K,
-                         "patch tiles: whole rows of PATCH_W pixels, the tap-major K walk")
-        PATCH_H: tl.constexpr = BLOCK_M // PATCH_W
-        w_patches: tl.constexpr = (OW + PATCH_W - 1) // PATCH_W
-        h_patches: tl.constexpr = (OH + PATCH_H - 1) // PATCH_H
-        img = pid_m // (w_patches * h_patches)
-        patch_oh = pid_m // w_patches % h_patches * PATCH_H
-        patch_ow = pid_m % w_patches * PATCH_W
-        oh = patch_oh + tl.arange(0, BLOCK_M) // PATCH_W
-        ow = patch_ow + tl.arange(0, BLOCK_M) % PATCH_W
-        m_mask = (oh < OH) & (ow < OW)
-        offs_m = (img * OH + oh) * OW + ow
-    else:
-        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        m_mask = offs_m < M
-        ow = offs_m % OW
-        oh = (offs_m // OW) % OH
-        img = offs_m // (OW * OH)
-    # Every activation offset derives from img (inputs) or rows (output, residual).  int64
-    # only when a tensor reaches 2**31 elements: a 64-bit offset per element of a thread's
-    # tiles takes two registers.  In int32, an unmasked offset and each partial sum of it stay
-    # below the tensor's size, so nothing a load or store uses can overflow; masked lanes may
-    # wrap, but are never dereferenced.
-    rows = offs_m
-    if INDEX_64:
-        img = img.to(tl.int64)
-        rows = rows.to(tl.int64)
-
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    n_mask = offs_n < cout_g
-    co = group * cout_g + offs_n
-
-    # ---- the tile's K steps
-    # Split-K (SPLIT_K > 1): program_id(2) takes one contiguous slice of the K steps, the main
-    # walk's and then the shortcut's.  The slices differ by at most one step
-    # (floor(s*steps/SPLIT_K) bounds), so any count up to the step count works and none is
-    # empty.  With SPLIT_K == 1 the bounds are constants.
-    c_steps: tl.constexpr = (cin_g + BLOCK_K - 1) // BLOCK_K
-    main_steps: tl.constexpr = KH * KW * c_steps
-    tl.static_assert(SPLIT_K == 1 or not GATHER_K, "split-K walks the tap-major K loop only")
-    if SPLIT_K == 1:
-        main_lo = 0
-        main_hi = main_steps
-        short_lo = 0
-        short_hi = C_short
-    else:
-        short_steps: tl.constexpr = (C_short + BLOCK_K - 1) // BLOCK_K if HAS_SHORTCUT else 0
-        all_steps: tl.constexpr = main_steps + short_steps
-        tl.static_assert(SPLIT_K <= all_steps, "split-K: more slices than K steps")
-        k_lo = tl.program_id(2) * all_steps // SPLIT_K
-        k_hi = (tl.program_id(2) + 1) * all_steps // SPLIT_K
-        main_lo = tl.minimum(k_lo, main_steps)
-        main_hi = tl.minimum(k_hi, main_steps)
-        short_lo = (tl.maximum(k_lo, main_steps) - main_steps) * BLOCK_K
-        short_hi = (tl.maximum(k_hi, main_steps) - main_steps) * BLOCK_K
-
-    # ---- the K walks
-    if SWAP_AB:
-        # The transposed tile: output channels are the MMA's M (64 rows per warpgroup on
-        # sm_90), pixels its wide N.
-        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-    else:
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    # The top-left input pixel of each row's receptive field; a tap adds a scalar to it.
-    ih0 = oh * STRIDE - PAD
-    iw0 = ow * STRIDE - PAD
-
+    num_n: tl.constexpr = (C_out // GROUPS + BLOCK_N - 1) // BLOCK_N
     if USE_TMA:
-        tl.static_assert(STRIDE == 1 and GROUPS == 1, "TMA tiles: stride-1 ungrouped only")
-        if PATCH_W > 0:
-            acc = walk_tma_patches(acc, x_ptr, w_ptr, M, img, patch_oh, patch_ow, pid_n,
-                                   main_lo, main_hi, H, W, C_in, C_out, OH, OW, KH, KW, PAD,
-                                   DIL, BLOCK_M, BLOCK_N, BLOCK_K, PATCH_W, DOT_PRECISION,
-                                   UPCAST_DOT, SWAP_AB)
-        else:
-            tl.static_assert(KH == 1 and KW == 1 and PAD == 0,
-                             "TMA rows: 1x1 unpadded convolutions (else patch tiles)")
-            acc = walk_tma_rows(acc, x_ptr, w_ptr, M, pid_m, pid_n, main_lo, main_hi, C_in,
-                                C_out, BLOCK_M, BLOCK_N, BLOCK_K, DOT_PRECISION, UPCAST_DOT,
-                                SWAP_AB)
-    elif GATHER_K and STRIP_K:
-        tl.static_assert(GROUPS == 1 and DIL == 1 and KW * C_in <= BLOCK_K,
-                         "strip K walk: ungrouped, undilated, a filter row within BLOCK_K")
-        acc = walk_strips(acc, x_ptr, w_ptr, img, ih0, iw0, m_mask, co, n_mask, H, W, C_in,
-                          C_out, KH, KW, BLOCK_K, DOT_PRECISION, UPCAST_DOT, SWAP_AB)
-    elif GATHER_K:
-        acc = walk_gathered(acc, x_ptr, w_ptr, img, ih0, iw0, m_mask, co, n_mask, group, H, W,
-                            C_in, C_out, KH, KW, DIL, GROUPS, BLOCK_K, DOT_PRECISION,
-                            UPCAST_DOT, SWAP_AB)
+        x_desc, w_desc = tma_descriptors(x_ptr, w_ptr, M, H, W, C_in, C_out, OH, OW, KH, KW,
+                                         BLOCK_M, BLOCK_N, BLOCK_K, PATCH_W)
     else:
-        acc = walk_taps(acc, x_ptr, w_ptr, img, ih0, iw0, m_mask, co, n_mask, group, main_lo,
-                        main_hi, H, W, C_in, C_out, KW, PAD, DIL, GROUPS, BLOCK_K,
-                        cout_g % BLOCK_N == 0, RECOMPUTE_TAPS, DOT_PRECISION, UPCAST_DOT,
-                        SWAP_AB)
-    if HAS_SHORTCUT:
-        acc = walk_shortcut(acc, xs_ptr, ws_ptr, img, oh, ow, m_mask, co, n_mask, short_lo,
-                            short_hi, HS, WS, C_short, C_out, STRIDE_SHORT, SHORTCUT_POOL,
-                            BLOCK_K, DOT_PRECISION, UPCAST_DOT, SWAP_AB)
+        x_desc = x_ptr
+        w_desc = w_ptr
 
-    # ---- the epilogue
-    if SWAP_AB:
-        acc = tl.trans(acc)
-    out_off = rows[:, None] * C_out + co[None, :]
-    out_mask = m_mask[:, None] & n_mask[None, :]
-    if SPLIT_K > 1:
-        # out_ptr is the fp32 workspace [SPLIT_K, M, C_out] (small: split-K runs on small M).
-        tl.store(out_ptr + tl.program_id(2) * M * C_out + out_off, acc, mask=out_mask)
+    if PERSISTENT:
+        tl.static_assert(USE_TMA and SPLIT_K == 1 and GROUPS == 1,
+                         "persistent programs: TMA tiles, no split-K, no groups")
+        if PATCH_W > 0:
+            PATCH_H: tl.constexpr = BLOCK_M // PATCH_W
+            m_tiles = (M // (OH * OW) * ((OH + PATCH_H - 1) // PATCH_H)
+                       * ((OW + PATCH_W - 1) // PATCH_W))
+        else:
+            m_tiles = tl.cdiv(M, BLOCK_M)
+        # Grouped order: GROUP_M consecutive M tiles sweep the N tiles together, so the
+        # programs running at once share input rows and weight tiles in L2.
+        GROUP_M: tl.constexpr = 8
+        in_group: tl.constexpr = GROUP_M * num_n
+        # FLATTEN: the tile loop and the K walk pipeline as one loop, so the next tile's
+        # first loads are in flight while this tile's epilogue runs.
+        for tile in tl.range(tl.program_id(0), m_tiles * num_n, tl.num_programs(0),
+                             flatten=FLATTEN):
+            first_m = tile // in_group * GROUP_M
+            group_rows = tl.minimum(m_tiles - first_m, GROUP_M)
+            conv_tile(x_ptr, w_ptr, bias_ptr, xs_ptr, ws_ptr, res_ptr, out_ptr, x_desc,
+                      w_desc, M, first_m + tile % in_group % group_rows,
+                      tile % in_group // group_rows, 0, H, W, C_in, OH, OW, C_out, HS, WS,
+                      C_short, KH, KW, STRIDE, PAD, DIL, GROUPS, STRIDE_SHORT, SHORTCUT_POOL,
+                      GATHER_K, HAS_SHORTCUT, HAS_RESIDUAL, RELU, DOT_PRECISION, UPCAST_DOT,
+                      INDEX_64, BLOCK_M, BLOCK_N, BLOCK_K, RECOMPUTE_TAPS, SPLIT_K, USE_TMA,
+                      STRIP_K, SWAP_AB, PATCH_W, EARLY_BIAS=True)
     else:
-        bias_residual_act_store(acc, bias_ptr, res_ptr, out_ptr, co, n_mask, out_off, out_mask,
-                                HAS_RESIDUAL, RELU)
+        # Programs that share an M tile (the same input pixels) run next to each other, so
+        # the input rows they all read stay in L2 while the N tiles sweep the (small) weight.
+        pid = tl.program_id(0)
+        conv_tile(x_ptr, w_ptr, bias_ptr, xs_ptr, ws_ptr, res_ptr, out_ptr, x_desc, w_desc, M,
+                  pid // num_n, pid % num_n, tl.program_id(1), H, W, C_in, OH, OW, C_out, HS,
+                  WS, C_short, KH, KW, STRIDE, PAD, DIL, GROUPS, STRIDE_SHORT, SHORTCUT_POOL,
+                  GATHER_K, HAS_SHORTCUT, HAS_RESIDUAL, RELU, DOT_PRECISION, UPCAST_DOT,
+                  INDEX_64, BLOCK_M, BLOCK_N, BLOCK_K, RECOMPUTE_TAPS, SPLIT_K, USE_TMA,
+                  STRIP_K, SWAP_AB, PATCH_W, EARLY_BIAS=False)

@@ -213,8 +213,10 @@ def _conv_bn_act(x, weight, bias, kernel_size, stride, padding, dilation, groups
                            pad_weight_rows(weight, c_in, config.pad_c, kh * kw), *args[2:])
             kernel_consts = padded.scalars(allow_tf32, runtime.INTERPRETED)[1]
         if config.tma and not _tma_ready(x, weight):
-            config = config._replace(tma=False)
+            config = config._replace(tma=False, persistent=False)
         grid = (output_tiles(m, consts, config), groups)
+        if config.persistent:
+            grid = (min(grid[0], persistent_programs(device)), 1)
         for launches in getattr(_recording, "lists", ()):
             launches.append(Launch(geometry, config, configs.walk(config, kernel_consts), grid,
                                    kernel_consts))
@@ -287,6 +289,17 @@ def output_tiles(m, consts, config):
     else:
         m_tiles = -(-m // config.block_m)
     return m_tiles * -(-(consts["C_out"] // consts["GROUPS"]) // config.block_n)
+
+
+# Under the interpreter a persistent grid has this many programs, so that each walks
+# several tiles of a test's small tensors.
+INTERPRETER_PROGRAMS = 3
+
+
+def persistent_programs(device):
+    """The programs of a persistent grid on ``device`` (at most one per tile): one per SM;
+    with no CUDA device (the interpreter, a stand-in GPU) ``INTERPRETER_PROGRAMS``."""
+    return runtime.sm_count(device) or INTERPRETER_PROGRAMS
 
 
 def _tma_ready(x, weight):

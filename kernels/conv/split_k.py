@@ -25,5 +25,5 @@ def split_k_epilogue_kernel(
     acc = tl.load(part_ptr + off, mask=mask, other=0.0)
     for s in tl.static_range(1, SPLIT_K):
         acc += tl.load(part_ptr + s * M * C_out + off, mask=mask, other=0.0)
-    bias_residual_act_store(acc, bias_ptr, res_ptr, out_ptr, offs_n, n_mask, off, mask,
-                            HAS_RESIDUAL, RELU)
+    bias = tl.load(bias_ptr + offs_n, mask=n_mask, other=0.0)
+    bias_residual_act_store(acc, bias, res_ptr, out_ptr, off, mask, HAS_RESIDUAL, RELU)

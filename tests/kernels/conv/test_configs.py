@@ -172,14 +172,19 @@ def test_tma_candidates_only_where_they_apply():
     for model in ("resnet18", "resnet50"):
         for geometry in gpu_inspect.specialisations(model, torch.float16, 256):
             ints, consts = _scalars(geometry)
-            # 1x1 stride 1 with at least two K steps of 64 channels: one; 3x3 stride 1 (not
-            # the stem): the 128x64 patch tile and, with 128 output channels or more, 64x128.
+            # 1x1 stride 1 with at least two K steps of 64 channels: one, also persistent,
+            # nested and (without a fused shortcut) flattened; 3x3 stride 1 (not the stem):
+            # the 128x64 patch tile and, with 128 output channels or more, 64x128, and the
+            # first persistent.  At batch 256 every grid has more tiles than an H200 has SMs.
             one_by_one = (geometry.kernel_size == (1, 1) and geometry.stride == 1
                           and geometry.c_in >= 128)
             three = geometry.kernel_size == (3, 3) and geometry.stride == 1
             on_90 = configs.candidates(consts, 2, ints["M"], 90)
-            tma = [c for c in on_90 if c.tma]
+            tma = [c for c in on_90 if c.tma and not c.persistent]
             assert len(tma) == (one_by_one + three * (1 + (geometry.c_out >= 128)))
+            persistent = [c for c in on_90 if c.persistent]
+            assert persistent == (configs.persistent_candidates(consts, tma[0]) if tma else [])
+            assert len(persistent) == (one_by_one * (1 + (geometry.shortcut is None)) + three)
             for config in tma:
                 assert config.swap_ab is three
                 if three:
@@ -190,6 +195,22 @@ def test_tma_candidates_only_where_they_apply():
             assert not any(c.tma for arch in (80, None)
                            for c in configs.candidates(consts, 2, ints["M"], arch))
             assert not any(c.tma for c in configs.candidates(consts, 4, ints["M"], 90))
+
+
+def test_persistent_candidates_where_the_grid_outnumbers_the_sms():
+    # 1024 -> 256 1x1 at 14x14: ceil(196 * batch / 128) x 2 tiles of 128x128.
+    _, gemm = _scalars(_geometry(c_in=1024, c_out=256, kernel=1, padding=0))
+    for batch, sms, listed in ((1, 132, False), (256, 132, True), (256, 1024, False),
+                               (None, None, True)):
+        m = None if batch is None else 196 * batch
+        persistent = [c for c in configs.tma_candidates(gemm, 2, m, sms) if c.persistent]
+        assert [c.flatten for c in persistent] == ([False, True] if listed else [])
+    # A 3x3 stride-1 launch: the persistent patch tile takes 128x128x32's place on sm_90.
+    _, three = _scalars(_geometry())
+    for batch, persistent in ((1, False), (256, True)):
+        on_90 = configs.candidates(three, 2, 196 * batch, 90)
+        assert any(c.persistent for c in on_90) is persistent
+        assert ((128, 128, 32) in {c.tile for c in on_90}) is not persistent
 
 
 def test_strip_candidates_only_for_the_stem():
