@@ -97,11 +97,11 @@ def test_a_k_loop_unrolled_inside_a_tile_loop_is_read_as_an_unrolled_span():
     assert loop == sass.KLoop(3, 1, False, True)
 
 
-# Instructions per K step of the one-tile-per-program GEMM's loop that the persistent GEMM's
-# (its K loop nested in the tile loop) and the flattened one's steady step stay within:
-# persistent 79 and flattened 95 against 71 (Triton 3.8); the flattened loop's whole body,
-# epilogue included, is 324.
-PERSISTENT_BOUND, FLATTENED_BOUND = 1.25, 1.5
+# The persistent GEMM's K loop (nested in the tile loop) and the flattened one's steady step
+# against the one-tile-per-program GEMM's K loop, in instructions per step: persistent 79 and
+# flattened 95 against 71 (Triton 3.8).  The flattened step does all a one-tile step does and
+# its tile bookkeeping; its loop's whole body, epilogue included, is 324.
+PERSISTENT_BOUNDS, FLATTENED_BOUNDS = (0.8, 1.25), (1.0, 1.5)
 
 
 def test_compiled_persistent_gemms_read_their_steady_k_step():
@@ -110,10 +110,12 @@ def test_compiled_persistent_gemms_read_their_steady_k_step():
     assert "error" not in result, result["error"]
     one_tile = result["one_tile"]["loop_instructions"]
     assert not result["one_tile"]["serialised_mma"] and 40 < one_tile < 120
-    for name, bound in (("persistent", PERSISTENT_BOUND), ("flattened", FLATTENED_BOUND)):
+    for name, (low, high) in (("persistent", PERSISTENT_BOUNDS),
+                              ("flattened", FLATTENED_BOUNDS)):
         loop = result[name]
         assert loop["mma_per_step"] == 4 and not loop["serialised_mma"], (name, loop)
-        assert loop["loop_instructions"] <= bound * one_tile, (name, loop, one_tile)
+        assert low * one_tile <= loop["loop_instructions"] <= high * one_tile, (name, loop,
+                                                                               one_tile)
     # One K step per tile: its wgmma groups, not the tile's setup, drain and store.
     single = result["single_step"]
     assert not single["serialised_mma"] and single["loop_instructions"] <= one_tile, single
