@@ -4,7 +4,9 @@ own JIT, so the result lands in Triton's cache under the very key the launch loo
 A job is one traced launch (a ``ConvGeometry``) with one config, for one target
 architecture.  Each job is compiled by ``compile_ahead`` in kernels/conv/launcher.py, which calls
 the JIT's ``warmup``: the same binder, specialisation, constexprs and options as a real
-launch, with mock pointers in place of tensors.  Nothing here re-derives Triton's cache key;
+launch, with mock pointers in place of tensors.  A ``GemmJob`` compiles the reference GEMM
+(kernels/gemm/) the same way, with a config's tile on a 1x1 layer's shape, for ``fusedres
+inspect`` to read beside that layer's rows.  Nothing here re-derives Triton's cache key;
 the test suite checks that a warm-up and a real launch produce the same key
 (``jit_cache_keys``).
 
@@ -20,7 +22,6 @@ import json
 import os
 import pickle
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -29,10 +30,14 @@ import threading
 import time
 from typing import NamedTuple, Optional
 
+import torch
 import triton
 
+from . import sass
 from .kernels import ConvConfig, ConvGeometry, autotune
 from .kernels.conv import configs, launcher
+from .kernels.gemm import launcher as gemm_launcher
+from .kernels.gemm.kernel import persistent_matmul_kernel
 
 # Tensor-core matrix instructions in PTX, best first: Hopper's warpgroup MMA, then the
 # Ampere-style warp MMA (also valid, but slower, on sm_90).
@@ -48,11 +53,29 @@ class Job(NamedTuple):
     allow_tf32: bool
 
 
+class GemmJob(NamedTuple):
+    """One compile of the reference GEMM (``persistent_matmul_kernel``, kernels/gemm/) with a
+    convolution config's tile (BLOCK_M/N/K, warps, stages) on a 1x1 layer's GEMM: ``m`` rows
+    (a runtime argument, passed so that Triton specialises it as the convolution's M),
+    ``n`` = C_out and ``k`` = C_in (constexprs, as the convolution's channels are), in
+    ``dtype`` (fp16 or bf16) for ``arch``."""
+    block_m: int
+    block_n: int
+    block_k: int
+    num_warps: int
+    num_stages: int
+    m: int
+    n: int
+    k: int
+    dtype: torch.dtype
+    arch: int
+
+
 @dataclasses.dataclass
 class CompileResult:
     """What one compile produced.  ``error`` is set (and the counts are None) when it failed.
 
-    The K-loop fields come from the SASS (``read_k_loop``): instructions per K step, the
+    The K-loop fields come from the SASS (``sass.read_k_loop``): instructions per K step, the
     matrix instructions in it, whether every wgmma group is waited for before the next
     (serialised), and whether tiles arrive by TMA."""
     registers: Optional[int] = None
@@ -109,7 +132,7 @@ def target_driver(arch, stand_in=None):
     its per-device state (binder, backend, in-memory kernels) once per
     device from the driver's target and keys nothing on the target afterwards, so the block
     gets fresh state, and the state from before comes back after it."""
-    driver, jits = triton.runtime.driver, launcher.JIT_FUNCTIONS
+    driver, jits = triton.runtime.driver, (*launcher.JIT_FUNCTIONS, persistent_matmul_kernel)
     previous, previous_caches = driver._active, [jit.device_caches for jit in jits]
     driver.set_active(stand_in or TargetDriver(arch))
     for jit in jits:
@@ -143,11 +166,20 @@ def jit_cache_keys():
         knobs.jit_cache_hook = previous
 
 
-def compile_here(job: Job):
-    """Compile ``job`` in this process, through the JIT; returns Triton's compiled kernel
-    (None where a ``jit_cache_hook`` skipped it).  Needs a process whose Triton is not the
-    interpreter."""
+def compile_here(job):
+    """Compile ``job`` (a Job or a GemmJob) in this process, through the JIT; returns Triton's
+    compiled kernel (None where a ``jit_cache_hook`` skipped it).  Needs a process whose
+    Triton is not the interpreter."""
     with target_driver(job.arch):
+        if isinstance(job, GemmJob):
+            # The launch's arguments (kernels/gemm/launcher.py): mock pointers, the tile's
+            # group size, one program per SM of the arch's usual card.
+            return persistent_matmul_kernel.warmup(
+                job.dtype, job.dtype, job.dtype, job.m, N=job.n, K=job.k,
+                BLOCK_M=job.block_m, BLOCK_N=job.block_n, BLOCK_K=job.block_k,
+                GROUP_M=gemm_launcher.TILE["GROUP_M"], PROGRAMS=configs.TYPICAL_SMS[job.arch],
+                UPCAST_DOT=False, num_warps=job.num_warps, num_stages=job.num_stages,
+                grid=(1,))
         return launcher.compile_ahead(job.geometry, job.config, job.allow_tf32)
 
 
@@ -251,72 +283,20 @@ with open(sys.argv[1], "wb") as file:
 """
 
 
-def compile_and_measure(job: Job) -> CompileResult:
+def compile_and_measure(job) -> CompileResult:
     """Compile ``job`` here and read what ptxas made of it."""
     start = time.perf_counter()
     try:
         compiled = compile_here(job)
         cubin = compiled.asm["cubin"]
-        registers, stack = resource_usage(cubin)
-        loop = read_k_loop(_cuobjdump_text("--dump-sass", cubin))
+        registers, stack = sass.resource_usage(cubin)
+        loop = sass.read_k_loop(sass.dump("--dump-sass", cubin))
     except Exception as error:  # a compile failure is a finding to report, not a crash
         return CompileResult(seconds=time.perf_counter() - start, error=_error_summary(error))
     return CompileResult(registers=registers, stack_bytes=stack,
                          shared_bytes=compiled.metadata.shared,
                          tensor_core=_tensor_core_op(compiled.asm["ptx"]),
                          seconds=time.perf_counter() - start, **loop._asdict())
-
-
-class KLoop(NamedTuple):
-    loop_instructions: Optional[float]
-    mma_per_step: Optional[float]
-    serialised_mma: Optional[bool]
-    tma: bool
-
-
-_SASS_LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;")
-_MMA = ("HGMMA", "HMMA")
-# Wait until no wgmma group is in flight.
-_WAIT_ALL = re.compile(r"WARPGROUP\.DEPBAR\.LE\s+gsb0,\s*0x0\b")
-
-
-def read_k_loop(sass: str) -> KLoop:
-    """The main K loop of one kernel's SASS: the first loop closed (a branch back to a lower
-    address) that holds a matrix instruction (the main loop comes before the fused
-    shortcut's; an inner loop closes before its outer one), its instructions and matrix
-    instructions per iteration.  A loop that ptxas unrolled completely (constant trip counts) has no branch
-    back; then the span from the first to the last matrix instruction covers one step fewer
-    than there are wgmma groups (``gsb0`` closes one) or, on the Ampere path, HMMA runs.
-    ``serialised_mma``: a ``WARPGROUP.DEPBAR.LE gsb0, 0x0`` (wait until no wgmma group is in
-    flight) in the loop, so consecutive groups cannot overlap; in a completely unrolled span,
-    such a wait after more than half of the groups (one wait where the main K walk hands over
-    to the fused shortcut's, a pipeline drained once per tile, is not serialisation, except
-    in a span of just two groups, where it is all there is)."""
-    code = [(int(addr, 16), text) for addr, text in _SASS_LINE.findall(sass)]
-    at = {addr: i for i, (addr, _) in enumerate(code)}
-    best = None
-    for i, (addr, text) in enumerate(code):
-        target = re.search(r"\bBRA\b.*?0x([0-9a-f]+)", text)
-        if target and int(target.group(1), 16) < addr and int(target.group(1), 16) in at:
-            body = [t for _, t in code[at[int(target.group(1), 16)]:i + 1]]
-            mma = sum(1 for t in body if t.startswith(_MMA))
-            if mma:
-                best = (body, mma, 1)
-                break
-    if best is None:
-        positions = [i for i, (_, t) in enumerate(code) if t.startswith(_MMA)]
-        if not positions:
-            return KLoop(None, None, None, "UTMALDG" in sass)
-        body = [t for _, t in code[positions[0]:positions[-1] + 1]]
-        steps = (sum(1 for t in body if t.startswith("HGMMA") and "gsb0" in t)
-                 or sum(1 for a, b in zip(positions, positions[1:]) if b - a > 8) + 1)
-        waits = sum(1 for t in body if _WAIT_ALL.search(t))
-        serialised = waits > (steps - 1) / 2
-        per_step = (len(body) - 1) / (steps - 1) if steps > 1 else len(body)
-        return KLoop(per_step, len(positions) / steps, serialised, "UTMALDG" in sass)
-    body, mma, steps = best
-    serialised = any(_WAIT_ALL.search(t) for t in body)
-    return KLoop(len(body) / steps, mma / steps, serialised, "UTMALDG" in sass)
 
 
 def _error_summary(error):
@@ -329,30 +309,3 @@ def _error_summary(error):
 
 def _tensor_core_op(ptx):
     return next((op for op in TENSOR_CORE_OPS if re.search(rf"\b{re.escape(op)}\b", ptx)), None)
-
-
-def _cuobjdump_text(option, cubin):
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as file:
-        file.write(cubin)
-        file.flush()
-        return subprocess.run([_cuobjdump(), option, file.name],
-                              check=True, capture_output=True, text=True).stdout
-
-
-def resource_usage(cubin):
-    """(registers, stack bytes) of the cubin's kernel, from ``cuobjdump --dump-resource-usage``.
-    Stack bytes are local memory the kernel needs per thread: register spills."""
-    out = _cuobjdump_text("--dump-resource-usage", cubin)
-    usage = re.search(r"REG:(\d+)\s+STACK:(\d+)", out)
-    if usage is None:
-        raise RuntimeError(f"no resource usage in cuobjdump output:\n{out}")
-    return int(usage.group(1)), int(usage.group(2))
-
-
-def _cuobjdump():
-    bundled = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin",
-                           "cuobjdump")
-    path = bundled if os.path.isfile(bundled) else shutil.which("cuobjdump")
-    if path is None:
-        raise FileNotFoundError("cuobjdump: not bundled with this Triton and not on PATH")
-    return path

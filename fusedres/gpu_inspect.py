@@ -13,17 +13,18 @@ import hashlib
 import json
 import os
 import sys
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
 import triton
 
-from . import aot, trace
-from .aot import TENSOR_CORE_OPS, CompileResult, Job
+from . import aot, sass, trace
+from .aot import TENSOR_CORE_OPS, CompileResult, GemmJob, Job
 from .cli import positive_int
 from .kernels import cudnn_allows_tf32
 from .kernels import ConvConfig, ConvGeometry
 from .kernels.conv import backends, configs, launcher
+from .kernels.gemm import kernel as gemm_kernel
 from . import model_names
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -33,15 +34,18 @@ SHARED_LIMIT = {80: 166912, 90: 232448}
 # Triton releases this module is tested with; others may build their compile calls differently.
 TESTED_TRITON = ((3, 6), (3, 8))
 
-__all__ = ["TENSOR_CORE_OPS", "CompileResult", "Job"]
+__all__ = ["TENSOR_CORE_OPS", "CompileResult", "GemmJob", "Job"]
 
 
 class Row(NamedTuple):
-    """One line of the report: a traced launch, a config and what compiling it gave."""
+    """One line of the report: a traced launch, a config and what compiling it gave;
+    ``reference``: what compiling the reference GEMM with the same tile on the layer's shape
+    gave (``reference_job``; None where there is none, or it was not asked for)."""
     geometry: ConvGeometry
     config: ConvConfig
     arch: int
     result: CompileResult
+    reference: Optional[CompileResult] = None
 
 
 # ---------------------------------------------------------------- what would launch
@@ -74,8 +78,24 @@ def compile_one(geometry, config, arch, allow_tf32=None):
     return compile_jobs([Job(geometry, config, arch, allow_tf32)])[0]
 
 
+def reference_job(geometry, config, arch):
+    """The GemmJob read beside a 1x1 row: the reference GEMM (kernels/gemm/) with the row's
+    tile, warps and stages on the layer's GEMM (M = the convolution's M, N = C_out,
+    K = C_in), for the same arch and dtype.  None for other rows: kernel sizes other than 1x1,
+    grouped convolutions, the cuDNN backend, and fp32 (the reference GEMM takes fp16 and bf16
+    only)."""
+    if (config.cudnn or geometry.kernel_size != (1, 1) or geometry.groups != 1
+            or geometry.dtype not in (torch.float16, torch.bfloat16)):
+        return None
+    ints, _ = geometry.scalars(allow_tf32=False, interpreted=False)
+    return GemmJob(config.block_m, config.block_n, config.block_k, config.num_warps,
+                   config.num_stages, ints["M"], geometry.c_out, geometry.c_in,
+                   geometry.dtype, arch)
+
+
 def compile_jobs(jobs, workers=None, progress=None):
-    """CompileResults for ``jobs`` (in order), from the result cache where possible; the rest
+    """CompileResults for ``jobs`` (Jobs and GemmJobs, in order), from the result cache where
+    possible; the rest
     are compiled in parallel (``aot.compile_in_workers``), which also fills Triton's cache."""
     results = [_cache_load(job) for job in jobs]
     todo = list(dict.fromkeys(job for job, result in zip(jobs, results) if result is None))
@@ -98,14 +118,16 @@ def _cache_path(job):
     root = os.environ.get("TRITON_CACHE_DIR") or os.path.join(os.path.expanduser("~"),
                                                               ".triton", "cache")
     fields = [field.name for field in dataclasses.fields(CompileResult)]
-    key = hashlib.sha256(repr((triton.__version__, _kernel_source_hash(), fields, job)).encode())
+    key = hashlib.sha256(repr((triton.__version__, _source_hash(job), fields, job)).encode())
     return os.path.join(root, "fusedres-inspect", key.hexdigest() + ".json")
 
 
-def _kernel_source_hash():
-    """The kernel's source and the code that reads its compile (fusedres/aot.py)."""
+def _source_hash(job):
+    """The job's kernel sources (the convolution's, or the reference GEMM's for a GemmJob)
+    and the code that compiles and reads it (fusedres/aot.py, fusedres/sass.py)."""
+    kernels = (gemm_kernel.__file__,) if isinstance(job, GemmJob) else launcher.KERNEL_SOURCES
     digest = hashlib.sha256()
-    for path in (*launcher.KERNEL_SOURCES, aot.__file__):
+    for path in (*kernels, aot.__file__, sass.__file__):
         with open(path, "rb") as file:
             digest.update(file.read())
     return digest.hexdigest()
@@ -146,10 +168,12 @@ def check(result, arch, needs_tensor_core=True):
 
 
 def inspect_model(model_name, dtype, arch, batch=256, size=(224, 224), allow_tf32=None,
-                  workers=None, progress=None, geometry_text=None, config_text=None):
+                  workers=None, progress=None, geometry_text=None, config_text=None,
+                  references=False):
     """One Row per (specialisation, candidate config) of the model on ``arch``;
     ``geometry_text`` and ``config_text``, when given, keep only rows whose description
-    contains that text."""
+    contains that text.  ``references``: also compile each distinct ``reference_job`` of the
+    rows (in the same parallel pass) and set the rows' ``reference``."""
     if allow_tf32 is None:
         allow_tf32 = cudnn_allows_tf32()
     pairs = [(geometry, c) for geometry in specialisations(model_name, dtype, batch, size)
@@ -157,9 +181,13 @@ def inspect_model(model_name, dtype, arch, batch=256, size=(224, 224), allow_tf3
              for c in candidate_configs(geometry, arch)
              if config_text is None or config_text in c.describe()]
     jobs = [Job(geometry, config, arch, allow_tf32) for geometry, config in pairs]
-    results = compile_jobs(jobs, workers, progress)
-    rows = [Row(geometry, config, arch, result)
-            for (geometry, config), result in zip(pairs, results)]
+    wanted = [reference_job(geometry, config, arch) if references else None
+              for geometry, config in pairs]
+    distinct = list(dict.fromkeys(job for job in wanted if job is not None))
+    results = compile_jobs(jobs + distinct, workers, progress)
+    reference = dict(zip(distinct, results[len(jobs):]))
+    rows = [Row(geometry, config, arch, result, reference.get(job))
+            for (geometry, config), result, job in zip(pairs, results, wanted)]
     # The tuner's cuDNN candidate beside each geometry's tiles: nothing to compile.
     if backends.cudnn_allowed() and (config_text is None or config_text in configs.CUDNN.describe()):
         rows += [Row(geometry, configs.CUDNN, arch, CompileResult())
@@ -205,6 +233,8 @@ def row_record(row, allow_tf32):
         "variant": row.config.options(),
         "registers": r.registers, "spill_bytes": r.stack_bytes, "shared_bytes": r.shared_bytes,
         "mma": r.tensor_core or "none", "loop_instructions": r.loop_instructions,
+        "reference_loop_instructions": (None if row.reference is None
+                                        else row.reference.loop_instructions),
         "mma_per_step": r.mma_per_step,
         "issue_per_kfma": None if ratio is None else round(ratio, 3),
         "tma": r.tma, "serialised_mma": r.serialised_mma, "programs": programs(row),
@@ -321,7 +351,8 @@ def run(args) -> int:
     arch = ARCHES[args.arch]
     rows = inspect_model(args.model, DTYPES[args.dtype], arch, args.batch, args.size,
                          allow_tf32, args.jobs, stderr_progress(f"inspect {args.model}"),
-                         getattr(args, "geometry", None), getattr(args, "config", None))
+                         getattr(args, "geometry", None), getattr(args, "config", None),
+                         references=bool(args.json))
     if not rows:
         print(f"no geometry of {args.model} and config matches the filters", file=sys.stderr)
         return 2

@@ -319,7 +319,7 @@ def check_gemm_compile():
     import triton
     from triton.backends.compiler import GPUTarget
 
-    from fusedres import aot
+    from fusedres import sass
     from fusedres.kernels.gemm import launcher
     from fusedres.kernels.gemm.kernel import persistent_matmul_kernel
     tile = {k: v for k, v in launcher.TILE.items() if k not in ("num_warps", "num_stages")}
@@ -332,13 +332,47 @@ def check_gemm_compile():
     compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32),
                               options={"num_warps": launcher.TILE["num_warps"],
                                        "num_stages": launcher.TILE["num_stages"]})
-    registers, stack = aot.resource_usage(compiled.asm["cubin"])
+    registers, stack = sass.resource_usage(compiled.asm["cubin"])
     return dict(wgmma="wgmma" in compiled.asm["ptx"], registers=registers, stack=stack)
+
+
+def check_gemm_sass():
+    """The SASS reader (fusedres/sass.py) on GEMMs compiled for sm_90 with one tile
+    (128x128x64, 8 warps, 3 stages; fp16; N 256, K 1024, so 16 K steps per tile): the
+    reference persistent GEMM (its K loop inside the tile loop), the same with K = 64 (one K
+    step: ptxas unrolls the K loop into the tile loop), the tile loop flattened into the K
+    loop, and one tile per program (no persistent loop).  Each compiles through the JIT's
+    warm-up, as ``fusedres inspect`` compiles the reference (aot.GemmJob)."""
+    import dataclasses
+
+    import torch
+
+    from fusedres import aot, sass
+
+    from .gemm_variants import flattened_matmul_kernel, one_tile_matmul_kernel
+    tile = dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64)
+    options = dict(num_warps=8, num_stages=3, grid=(1,))
+    pointers = (torch.float16,) * 3
+    m, n, k = 50176, 256, 1024  # ResNet-50's 1024 -> 256 1x1 at 14x14, batch 256
+
+    def read(compiled):
+        return sass.read_k_loop(sass.dump("--dump-sass", compiled.asm["cubin"]))._asdict()
+
+    def reference(k):
+        return dataclasses.asdict(aot.compile_and_measure(
+            aot.GemmJob(*tile.values(), 8, 3, m, n, k, torch.float16, 90)))
+
+    with aot.target_driver(90):
+        flattened = flattened_matmul_kernel.warmup(*pointers, m, N=n, K=k, **tile, GROUP_M=8,
+                                                   PROGRAMS=132, **options)
+        one_tile = one_tile_matmul_kernel.warmup(*pointers, m, N=n, K=k, **tile, **options)
+    return dict(persistent=reference(k), single_step=reference(64), flattened=read(flattened),
+                one_tile=read(one_tile))
 
 
 CHECKS = {"same_calls": check_same_calls, "guards": check_guards,
           "model_gate": check_model_gate, "staleness": check_staleness,
-          "gemm_compile": check_gemm_compile}
+          "gemm_compile": check_gemm_compile, "gemm_sass": check_gemm_sass}
 
 
 def main(names):

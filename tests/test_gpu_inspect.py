@@ -169,45 +169,6 @@ def test_a_config_that_cannot_compile_is_reported():
     assert gpu_inspect.check(result, 90)[0].startswith("compile failed")
 
 
-# SASS as cuobjdump prints it: /*address*/ instruction ; /* encoding */
-def _sass(*instructions, start=0x100):
-    return "\n".join(f"        /*{start + 16 * i:04x}*/                   {text} ;  /* 0x0 */"
-                     for i, text in enumerate(instructions))
-
-
-def test_k_loop_is_read_from_a_backward_branch():
-    sass = _sass("MOV R1, R2", "LDGSTS.E [R3], desc[UR4][R5.64]", "HGMMA.64x128x16.F32 R24, gdesc[UR8], RZ",
-                 "HGMMA.64x128x16.F32 R24, gdesc[UR12], R24, gsb0",
-                 "WARPGROUP.DEPBAR.LE gsb0, 0x1", "IADD3 R1, R1, 0x1, RZ", "BRA 0x110", "EXIT")
-    loop = aot.read_k_loop(sass)
-    # From 0x110 (the LDGSTS) to the branch: 6 instructions, 2 wgmma, not serialised.
-    assert loop == aot.KLoop(6, 2, False, False)
-
-
-def test_an_unrolled_loop_is_counted_per_wgmma_group_and_a_full_wait_is_serialised():
-    step = ["LDGSTS.E [R3], desc[UR4][R5.64]", "HGMMA.64x128x16.F32 R24, gdesc[UR8], R24, gsb0",
-            "WARPGROUP.DEPBAR.LE gsb0, 0x0"]
-    loop = aot.read_k_loop(_sass("MOV R1, R2", *step, *step, *step, "UTMALDG.2D [UR8], [UR4]",
-                                 "EXIT"))
-    # First to last HGMMA: 7 instructions, two steps of 3 apart.
-    assert loop.loop_instructions == 3
-    assert loop.mma_per_step == 1 and loop.serialised_mma and loop.tma
-
-
-def test_one_full_wait_between_two_unrolled_k_walks_is_not_serialisation():
-    # Main walk then the fused shortcut's, each unrolled: wgmma groups overlap within each
-    # walk (0x1 waits); one full wait where the pipeline drains between them, once per tile.
-    step = ["LDGSTS.E [R3], desc[UR4][R5.64]", "HGMMA.64x128x16.F32 R24, gdesc[UR8], R24, gsb0",
-            "WARPGROUP.DEPBAR.LE gsb0, 0x1"]
-    handover = ["WARPGROUP.DEPBAR.LE gsb0, 0x0", "DEPBAR.LE SB0, 0x0"]
-    loop = aot.read_k_loop(_sass(*step, *step, *step, *handover, *step, *step, *step, "EXIT"))
-    assert loop.mma_per_step == 1 and not loop.serialised_mma
-    # The same two walks with a full wait after every group are.
-    step[2] = "WARPGROUP.DEPBAR.LE gsb0, 0x0"
-    loop = aot.read_k_loop(_sass(*step, *step, *step, *handover, *step, *step, *step, "EXIT"))
-    assert loop.serialised_mma
-
-
 def test_the_best_candidate_prefers_overlapping_mma_groups():
     geometry = _a_3x3_geometry(torch.float16)
 
@@ -229,9 +190,13 @@ def test_json_rows_carry_the_cost_model(compiled_cases, tmp_path, capsys):
                                   "--json", str(path))) == 0
     rows = json.loads(path.read_text())
     fields = {"geometry", "config", "walk", "variant", "registers", "spill_bytes",
-              "shared_bytes", "mma", "loop_instructions", "issue_per_kfma", "tma",
-              "serialised_mma", "programs"}
+              "shared_bytes", "mma", "loop_instructions", "reference_loop_instructions",
+              "issue_per_kfma", "tma", "serialised_mma", "programs"}
     assert all(fields <= set(row) for row in rows)
+    # ResNet-18 runs no 1x1 convolution of its own (its downsampling 1x1s are fused
+    # shortcuts of 3x3 rows): no reference GEMM on any row.
+    assert all(" 1x1/" not in row["geometry"] for row in rows)
+    assert all(row["reference_loop_instructions"] is None for row in rows)
     wgmma = [row for row in rows if row["mma"] == "wgmma"]
     assert wgmma and all(row["issue_per_kfma"] > 0 for row in wgmma)
     # Outside the stem's gathered K walk, every wgmma candidate issues under 5 per kFMA.
@@ -249,6 +214,32 @@ def test_json_rows_carry_the_cost_model(compiled_cases, tmp_path, capsys):
     assert {row["geometry"] for row in cudnn_rows} == {row["geometry"] for row in rows}
     assert all(row["walk"] == "cudnn" and row["registers"] is None and row["problems"] == []
                for row in cudnn_rows)
+
+
+def test_1x1_rows_carry_the_reference_gemms_loop(tmp_path):
+    # ResNet-50's 1024 -> 256 1x1 at 14x14, the 128x128x64 tile: its pointer and TMA
+    # candidates (cached once the cases above ran) share one compile of the reference GEMM.
+    path = tmp_path / "rows.json"
+    assert gpu_inspect.run(_parse("--model", "resnet50", "--dtype", "float16", "--arch", "sm_90",
+                                  "--geometry", "1024x14x14 -> 256 1x1",
+                                  "--config", "128x128x64 w8 s3", "--json", str(path))) == 0
+    rows = json.loads(path.read_text())
+    assert sorted(row["variant"] for row in rows) == ["", "tma"]
+    references = {row["reference_loop_instructions"] for row in rows}
+    # The reference's K loop, 16 steps of 64: one pipelined loop of 4 wgmma per step.
+    assert len(references) == 1 and 40 < references.pop() < 120
+
+
+def test_only_1x1_fp16_and_bf16_triton_rows_have_a_reference_gemm():
+    geometry = next(g for g in gpu_inspect.specialisations("resnet50", torch.bfloat16)
+                    if g.kernel_size == (1, 1) and g.c_in == 1024)
+    config = ConvConfig(128, 64, 32, num_warps=4, num_stages=4)
+    job = gpu_inspect.reference_job(geometry, config, 90)
+    assert job == gpu_inspect.GemmJob(128, 64, 32, 4, 4, 256 * 14 * 14, geometry.c_out, 1024,
+                                      torch.bfloat16, 90)
+    assert gpu_inspect.reference_job(geometry, configs.CUDNN, 90) is None
+    assert gpu_inspect.reference_job(geometry._replace(dtype=torch.float32), config, 90) is None
+    assert gpu_inspect.reference_job(_a_3x3_geometry(torch.float16), config, 90) is None
 
 
 def test_triton_only_lists_no_cudnn(monkeypatch):
