@@ -85,25 +85,39 @@ def block_walk(model, replayable):
         for block in layer:
             if replayable(block):
                 walked.append(block)
-                steps.append(functools.partial(replay_block, block))
+                # Read once: replacing either is a registration, which renews the walk.
+                steps.append(functools.partial(replay_block, block, tuple(block._folds),
+                                               block.downsample is not None))
             else:
                 steps.append(block)
     return walked, steps
 
 
-def replay_block(block, x):
+def replay_block(block, caches, downsampled, x):
     """A fused residual block's forward with each launch replaying its site's plan unchecked
-    where it has one (else ``block._launch(i, out, x)``, the normal launch).  The block has
-    ``_folds`` (one per launch), ``downsample`` (None: identity residual; else fused into
-    the last launch) and ``_launch``."""
-    folds = block._folds
+    where it has one (else ``block._launch(i, out, x)``, the normal launch).  ``caches``: the
+    block's FoldCaches (``_folds``), one per launch; ``downsampled``: the last launch takes
+    ``x`` as its shortcut's input (the downsample fused into it), else as its residual.
+
+    While every launch so far replayed, a plan skips its guards where ``LaunchPlan.follows``
+    proves them: on the previous plan's fresh output, with ``x`` checked by the first
+    plan's guards, nothing else having run."""
+    last = len(caches) - 1
     out = x
-    for i in range(len(folds) - 1):
-        plan = folds[i].plans.get(out.shape)
-        y = None if plan is None else plan(out)
-        out = block._launch(i, out, x) if y is None else y
-    plan = folds[-1].plans.get(out.shape)
-    y = None
-    if plan is not None:
-        y = plan(out, x) if block.downsample is None else plan(out, None, x)
-    return block._launch(len(folds) - 1, out, x) if y is None else y
+    first = previous = None  # the first plan and the latest, while every launch replayed
+    for i, cache in enumerate(caches):
+        residual, xs = (None, None) if i < last else (None, x) if downsampled else (x, None)
+        plan = cache.plans.get(out.shape)
+        if plan is None:
+            y = None
+        elif previous is not None and plan.follows(previous, first, residual, xs):
+            y = plan.launch(out, residual, xs)
+        else:
+            y = plan(out, residual, xs)
+        if y is None:
+            out, previous = block._launch(i, out, x), None
+        else:
+            out, previous = y, (plan if i == 0 or previous is not None else None)
+            if i == 0:
+                first = plan
+    return out
