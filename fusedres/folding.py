@@ -188,7 +188,7 @@ class FoldCache:
         self._snapshot = None
         # Input shape -> LaunchPlan (kernels/conv/plan.py) built from a fold of the current
         # snapshot; replaced as a whole (copy on write), emptied with every new snapshot.
-        # Callers only read it (``replay``, ``fusedres.plans.replay_block``).
+        # Callers only read it (``replay``, ``fusedres.plans.replay_blocks``).
         self.plans = {}
 
     def get(self, pairs, dtype: torch.dtype, device: torch.device, packed: bool) -> Folded:

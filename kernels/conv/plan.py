@@ -74,13 +74,21 @@ class Signature:
 
     __slots__ = ("shape", "stride", "dtype", "device")
 
-    def __init__(self, t):
-        self.shape, self.stride, self.dtype, self.device = (t.shape, t.stride(), t.dtype,
-                                                             t.get_device())
+    def __init__(self, shape, stride, dtype, device):
+        self.shape, self.stride, self.dtype, self.device = shape, stride, dtype, device
+
+    @classmethod
+    def of(cls, t):
+        return cls(t.shape, t.stride(), t.dtype, t.get_device())
 
     def matches(self, t) -> bool:
         return (t.shape == self.shape and t.dtype is self.dtype and t.stride() == self.stride
                 and not t.data_ptr() & 15 and t.get_device() == self.device)
+
+    def same(self, other) -> bool:
+        """Whether every tensor matching ``other`` matches this too."""
+        return (self.shape == other.shape and self.stride == other.stride
+                and self.dtype is other.dtype and self.device == other.device)
 
 
 def allocator(device: torch.device):
@@ -108,9 +116,9 @@ class LaunchPlan:
 
     def __init__(self, *, x, residual, xs, device, stream, weight, bias, ws, out_shape,
                  out_stride, pad, convert, runs, split, tma, folded=None):
-        self.x_sig = Signature(x)
-        self.residual_sig = None if residual is None else Signature(residual)
-        self.xs_sig = None if xs is None else Signature(xs)
+        self.x_sig = Signature.of(x)
+        self.residual_sig = None if residual is None else Signature.of(residual)
+        self.xs_sig = None if xs is None else Signature.of(xs)
         self.device = device          # torch.device of every tensor
         self.dtype = weight.dtype
         self.device_index = driver.active.get_current_device()
@@ -119,6 +127,9 @@ class LaunchPlan:
         self.ws = ws  # the shortcut weight; without a shortcut, the unpadded weight
         # Plain tuples: the direct allocators take nothing else.
         self.out_shape, self.out_stride = tuple(out_shape), tuple(out_stride)
+        # Every output's signature (``follows``); on x's device, like every tensor.
+        self.out_sig = Signature(self.out_shape, self.out_stride, self.dtype,
+                                 self.x_sig.device)
         self.pad = pad                # the stem's padded channel count, or 0
         self.convert = convert        # x arrives in another memory format: make it NHWC
         self.runs = runs              # [Run] (one), or [conv Run, epilogue Run] for split-K
@@ -132,7 +143,7 @@ class LaunchPlan:
         self._launches = [(run.launch, run.head(stream), run.tail) for run in runs]
         if split is not None:
             self._split_stride = (split[1] * split[2], split[2], 1)
-        self._chain = (None, None)  # the (previous, first) plans ``follows`` vouched for last
+        self._chain = (None, None)  # the (previous, given) ``follows`` vouched for last
 
     def __call__(self, x, residual=None, xs=None):
         """The output (channels_last, like the normal launch's), or None when a guard
@@ -162,31 +173,30 @@ class LaunchPlan:
             return None
         return self.launch(x, residual, xs)
 
-    def follows(self, previous, first, residual=None, xs=None) -> bool:
-        """Whether this plan's guards provably pass for a call on the output of
-        ``previous`` that it just returned, with ``residual`` / ``xs`` (None, or the input
-        that ``first``'s guards passed before), in the same thread with nothing but
-        replays since ``first``'s call: then ``launch`` may skip them.
+    def follows(self, previous, given, residual=None, xs=None) -> bool:
+        """Whether this plan's guards provably pass for a call on the output that
+        ``previous`` just returned, with ``residual`` / ``xs`` None or a tensor known to
+        match ``given`` (a Signature: the ``x_sig`` of a plan whose guards it passed, or the
+        ``out_sig`` of the plan that returned it), in the same thread, nothing but replays
+        having run since a guarded call began the chain: then ``launch`` may skip them.
 
-        A plan's output is as it says (shape, strides, dtype; the current device, which
-        its guards proved) and 16-byte aligned (torch's allocators align to 64 bytes or
-        more); the current device, stream and launch hooks are as ``first`` found them.
-        Costs two identity checks once a pair was vouched for (it is remembered)."""
+        A plan's output matches its ``out_sig`` and is 16-byte aligned (torch's allocators
+        align to 64 bytes or more); the current device, stream and launch hooks are as the
+        guarded call found them, which each link checks against its predecessor's.  Costs
+        two identity checks once the pair was vouched for (it is remembered)."""
         if (residual is None) is not (self.residual_sig is None) or (
                 (xs is None) is not (self.xs_sig is None)):
             return False
         chain = self._chain
-        if chain[0] is previous and chain[1] is first:
+        if chain[0] is previous and chain[1] is given:
             return True
-        sig, given = self.x_sig, first.x_sig
-        if not (sig.shape == previous.out_shape and sig.stride == previous.out_stride
-                and sig.dtype is previous.dtype and previous.device == self.device
-                and self.device_index == first.device_index and self.stream == first.stream
-                and all(own is None or (own.shape, own.stride, own.dtype, own.device) == (
-                        given.shape, given.stride, given.dtype, given.device)
-                        for own in (self.residual_sig, self.xs_sig))):
+        if not (self.x_sig.same(previous.out_sig) and previous.device == self.device
+                and self.device_index == previous.device_index
+                and self.stream == previous.stream
+                and all(sig is None or sig.same(given)
+                        for sig in (self.residual_sig, self.xs_sig))):
             return False
-        self._chain = (previous, first)  # one assignment: a racing thread sees a whole pair
+        self._chain = (previous, given)  # one assignment: a racing thread sees a whole pair
         return True
 
     def launch(self, x, residual=None, xs=None):
