@@ -15,6 +15,9 @@ shape, strides, dtype and device of the input, residual and shortcut input; thei
 alignment (Triton specialises pointers on it, and TMA needs it); the current device and
 stream; no Triton launch hooks set (a profiler's hooks need the metadata the JIT builds;
 without any, the plan passes None where the JIT passes empty hooks and their metadata).
+A caller that runs plans back to back may skip the guards that ``LaunchPlan.follows``
+proves from the previous plan (``fusedres.plans.replay_blocks``): a plan knows the
+signature of every output it returns.
 """
 import torch
 import triton
@@ -94,9 +97,10 @@ class Signature:
 def allocator(device: torch.device):
     """``empty(shape, stride, dtype)`` on ``device``, for a plan made there: its guards prove
     the current device is the one of when it was made.  torch.empty_strided goes through the
-    dispatcher (a third of a plan's host time, docs/benchmarks.md); where torch has them, the
-    allocators Inductor's generated code calls make the same tensor directly, on the current
-    device, so they serve where that is ``device`` and they work (a probe tells)."""
+    dispatcher, a large part of a replay's host time (docs/benchmarks.md); where torch has
+    them, the allocators Inductor's generated code calls make the same tensor directly, on
+    the current device, so they serve where that is ``device`` and they work (a probe
+    tells)."""
     fast = getattr(_guards, f"_empty_strided_{device.type}", None)
     if fast is not None:
         try:
@@ -111,7 +115,7 @@ def allocator(device: torch.device):
 
 class LaunchPlan:
     """Replays one ``conv_bn_act`` launch; see the module docstring.  Thread-safe (a call
-    changes nothing).  ``folded`` is whatever the caller built the weights from (the plan
+    changes nothing but ``follows``'s memo, replaced whole).  ``folded`` is whatever the caller built the weights from (the plan
     holds it so the caller can tell its plans from an older fold's)."""
 
     def __init__(self, *, x, residual, xs, device, stream, weight, bias, ws, out_shape,
@@ -132,14 +136,14 @@ class LaunchPlan:
                                  self.x_sig.device)
         self.pad = pad                # the stem's padded channel count, or 0
         self.convert = convert        # x arrives in another memory format: make it NHWC
-        self.runs = runs              # [Run] (one), or [conv Run, epilogue Run] for split-K
         # None, or (split_k, m, c_out): split-K's workspace
         self.split = None if split is None else tuple(split)
         self.tma = tma
         self.folded = folded
         self.empty = allocator(device)
-        # Per run: the launcher and its constant arguments before and after the kernel's
-        # tensors (the stream is constant too: a call on another one misses a guard).
+        # ``runs``: [Run] (one), or [conv Run, epilogue Run] for split-K.  Per run: the
+        # launcher and its constant arguments before and after the kernel's tensors (the
+        # stream is constant too: a call on another one misses a guard).
         self._launches = [(run.launch, run.head(stream), run.tail) for run in runs]
         if split is not None:
             self._split_stride = (split[1] * split[2], split[2], 1)
