@@ -43,8 +43,11 @@ _is_exporting = getattr(torch.compiler, "is_exporting", lambda: False)
 
 
 def autocast_enabled(x: torch.Tensor) -> bool:
-    device_type = x.device.type
-    return device_type in ("cuda", "cpu") and torch.is_autocast_enabled(device_type)
+    """Whether autocast is on for ``x``'s device (CUDA or CPU; no other device has it here).
+    Tensor flags, not ``x.device``: that builds an object, and this runs once per launch."""
+    if x.is_cuda:
+        return torch.is_autocast_enabled("cuda")
+    return x.is_cpu and torch.is_autocast_enabled("cpu")
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:

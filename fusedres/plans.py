@@ -75,35 +75,63 @@ class PlanGate:
 def block_walk(model, replayable):
     """``plan_walk()`` of a ResNet with ``layer1`` .. ``layer4``: the layers (when
     ``nn.Sequential``) and the blocks for which ``replayable(block)`` holds are walked past;
-    the steps are ``replay_block`` for those blocks, any other block or layer itself."""
-    walked, steps = [], []
+    each run of such blocks, one after another in the walk, is one step (``replay_blocks``);
+    any other block or layer is a step itself."""
+    walked, steps, run = [], [], []
+
+    def end_run():
+        if run:
+            steps.append(functools.partial(replay_blocks, tuple(run)))
+            run.clear()
+
     for layer in (model.layer1, model.layer2, model.layer3, model.layer4):
         if type(layer) is not nn.Sequential:
+            end_run()
             steps.append(layer)
             continue
         walked.append(layer)
         for block in layer:
             if replayable(block):
                 walked.append(block)
-                steps.append(functools.partial(replay_block, block))
+                # Read once: replacing either is a registration, which renews the walk.
+                run.append((block, tuple(block._folds), block.downsample is not None))
             else:
+                end_run()
                 steps.append(block)
+    end_run()
     return walked, steps
 
 
-def replay_block(block, x):
-    """A fused residual block's forward with each launch replaying its site's plan unchecked
-    where it has one (else ``block._launch(i, out, x)``, the normal launch).  The block has
-    ``_folds`` (one per launch), ``downsample`` (None: identity residual; else fused into
-    the last launch) and ``_launch``."""
-    folds = block._folds
-    out = x
-    for i in range(len(folds) - 1):
-        plan = folds[i].plans.get(out.shape)
-        y = None if plan is None else plan(out)
-        out = block._launch(i, out, x) if y is None else y
-    plan = folds[-1].plans.get(out.shape)
-    y = None
-    if plan is not None:
-        y = plan(out, x) if block.downsample is None else plan(out, None, x)
-    return block._launch(len(folds) - 1, out, x) if y is None else y
+def replay_blocks(blocks, x):
+    """Fused residual blocks' forwards, one after another, each launch replaying its site's
+    plan unchecked where it has one (else ``block._launch(i, out, x)``, the normal launch).
+    ``blocks``: ``(block, caches, downsampled)`` per block: its FoldCaches (``_folds``), one
+    per launch, and whether the last launch takes the block's input as its shortcut's input
+    (the downsample fused into it), else as its residual.
+
+    The first launch checks its plan's guards; while every launch since replayed, each next
+    plan skips the guards that ``LaunchPlan.follows`` proves: its input is the previous
+    plan's fresh output, the block's input was checked or made by a plan, and nothing else
+    ran in between."""
+    previous = None  # the plan that returned ``out``, while every launch replayed since
+    for block, caches, downsampled in blocks:
+        last = len(caches) - 1
+        out = x
+        given = None if previous is None else previous.out_sig  # what x is known to match
+        for i, cache in enumerate(caches):
+            residual, xs = (None, None) if i < last else (None, x) if downsampled else (x, None)
+            plan = cache.plans.get(out.shape)
+            if plan is None:
+                y = None
+            elif previous is not None and plan.follows(previous, given, residual, xs):
+                y = plan.launch(out, residual, xs)
+            else:
+                y = plan(out, residual, xs)
+                if i == 0:
+                    given = plan.x_sig  # (when None comes back, the chain ends anyway)
+            if y is None:
+                out, previous = block._launch(i, out, x), None
+            else:
+                out, previous = y, (plan if i == 0 or previous is not None else None)
+        x = out
+    return x

@@ -179,7 +179,7 @@ def check_model_gate():
             replays = model._plan_gate.steps(model, x) is not None
         out[name] = dict(launches=len(records), replays=replays)
 
-    with standin.standin_gpu("plain"):
+    with standin.standin_gpu("plain") as gpu:
         forward("first")
         forward("second")
         fired = []
@@ -200,6 +200,19 @@ def check_model_gate():
         forward("train mode")
         model.eval()
         forward("eval again")
+        # One block's plans remade (a call of that block alone) for inputs its walk never
+        # passes it: the replays before it cannot vouch for them (LaunchPlan.follows).
+        block_input = torch.randn(1, 128, 28, 28).half().contiguous(
+            memory_format=torch.channels_last)
+        with torch.inference_mode():
+            gpu.driver.stream = 7
+            model.layer2[1](block_input)
+            gpu.driver.stream = 0
+        forward("a block's plans made on another stream")
+        with torch.inference_mode():
+            model.layer2[1](block_input.contiguous())
+        forward("a block's first plan made for an nchw input")
+        forward("after both")
     return out
 
 
@@ -237,6 +250,11 @@ def _changes():
     def eps(m):
         m.layer1[0].bn1.eps = 0.5
 
+    def data_assigned(m):
+        # New values in a new storage, the tensor object and its version unchanged.
+        weight = m.layer3[1].conv2.weight
+        weight.data = torch.randn_like(weight)
+
     def stem(m):
         m.bn1.running_mean.add_(1.0)
 
@@ -247,7 +265,7 @@ def _changes():
         m.eval()
 
     return [in_place_weight, in_place_running_var, load_state_dict, float_half_round_trip,
-            replaced_parameter, replaced_submodule, replaced_block, eps, stem,
+            replaced_parameter, replaced_submodule, replaced_block, eps, data_assigned, stem,
             train_mode_step]
 
 

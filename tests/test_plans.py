@@ -42,6 +42,12 @@ GATE = {
     "one block in train mode": dict(launches=15, replays=False),
     "train mode": dict(launches=0, replays=False),  # eager, updating the running stats
     "eval again": dict(launches=17, replays=True),  # ... which changed: plans made anew
+    # layer2[1]'s plans remade on another stream: both of its launches miss their guards
+    # (the replays before cannot vouch for them) and launch normally, the rest replay.
+    "a block's plans made on another stream": dict(launches=2, replays=True),
+    # ... its first plan remade for an NCHW input: that launch misses, its second replays.
+    "a block's first plan made for an nchw input": dict(launches=1, replays=True),
+    "after both": dict(launches=0, replays=True),
 }
 
 
@@ -51,7 +57,7 @@ def test_gate(checks):
 
 CHANGES = ["in_place_weight", "in_place_running_var", "load_state_dict",
            "float_half_round_trip", "replaced_parameter", "replaced_submodule", "replaced_block",
-           "eps", "stem", "train_mode_step"]
+           "eps", "data_assigned", "stem", "train_mode_step"]
 
 
 @pytest.mark.parametrize("change", CHANGES)

@@ -28,7 +28,8 @@ class TestModelWatch:
 
     @pytest.mark.parametrize("change", [
         "in_place_weight", "in_place_running_var", "load_state_dict", "half_float_round_trip",
-        "replaced_parameter", "replaced_submodule", "replaced_block", "eps", "train_step"])
+        "replaced_parameter", "replaced_submodule", "replaced_block", "eps", "train_step",
+        "data_assigned", "swapped_tensors"])
     def test_change_is_seen(self, fused, change):
         watch = ModelWatch(fused)
         with torch.no_grad():
@@ -52,7 +53,24 @@ class TestModelWatch:
                 fused.train()
                 fused(torch.randn(2, 3, 32, 32))
                 fused.eval()
+            elif change == "data_assigned":  # same shape and dtype, new storage
+                weight = fused.layer3[1].conv2.weight
+                weight.data = torch.randn_like(weight)
+            elif change == "swapped_tensors":  # versions equal: only the pointers differ
+                mean = fused.layer2[1].bn1.running_mean
+                other = torch.randn_like(mean)
+                while other._version < mean._version:
+                    other.add_(0)
+                torch.utils.swap_tensors(mean, other)
         assert watch.changed()
+
+    def test_data_assignment_keeps_the_version(self):
+        """Why the watch reads data pointers besides versions: ``.data = ...`` (as
+        ``Module.to()`` does) gives a tensor new values and keeps its version."""
+        t = torch.zeros(4)
+        version, pointer = t._version, t.data_ptr()
+        t.data = torch.ones(4)
+        assert t._version == version and t.data_ptr() != pointer
 
     def test_inference_tensor_model(self):
         fused = built_in_inference_mode()

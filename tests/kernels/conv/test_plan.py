@@ -6,6 +6,9 @@ interpreter (tests/standin_runner.py): the JIT's launcher calls of a forward tha
 plans against those of the forward that replays them, for every ResNet-18/50 launch and
 config variant; bit-identical outputs on a real GPU are tests/test_plans.py's."""
 import pytest
+import torch
+
+from fusedres.kernels.conv import plan
 
 from ...standin_runner import run_checks
 
@@ -66,3 +69,36 @@ GUARDS = {
 def test_guards_fall_back_to_the_normal_launch(checks):
     assert "error" not in checks["guards"], checks["guards"]["error"]
     assert checks["guards"] == GUARDS
+
+
+CPU = torch.device("cpu")
+
+
+@pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
+def test_plan_allocator_makes_what_empty_strided_makes(mode):
+    """A plan allocates its outputs directly (``plan.allocator``): the same tensors as
+    torch.empty_strided, 16-byte aligned (``LaunchPlan.follows`` relies on that)."""
+    empty = plan.allocator(CPU)
+    for shape, stride, dtype in [((1, 64, 7, 5), (2240, 1, 320, 64), torch.float16),
+                                 ((3,), (1,), torch.float16), ((2, 5, 3), (15, 3, 1), torch.float32)]:
+        with mode():
+            made, reference = empty(shape, stride, dtype), torch.empty_strided(
+                shape, stride, dtype=dtype)
+        assert (made.shape, made.stride(), made.dtype, made.device, made.is_inference(),
+                made.requires_grad) == (reference.shape, reference.stride(), reference.dtype,
+                                        reference.device, reference.is_inference(),
+                                        reference.requires_grad)
+        assert made.data_ptr() % 16 == 0
+
+
+@pytest.mark.parametrize("fault", ["raises", "other device"])
+def test_plan_allocator_falls_back_where_the_direct_one_fails(fault, monkeypatch):
+    def direct(shape, stride, dtype):
+        if fault == "raises":
+            raise RuntimeError("no allocator for this device in this build")
+        return torch.empty_strided(shape, stride, dtype=dtype, device="meta")
+
+    monkeypatch.setattr(plan._guards, "_empty_strided_cpu", direct, raising=False)
+    made = plan.allocator(CPU)((2, 3), (3, 1), torch.float16)
+    assert (made.shape, made.stride(), made.dtype, made.device) == ((2, 3), (3, 1),
+                                                                     torch.float16, CPU)
