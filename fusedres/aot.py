@@ -58,7 +58,7 @@ class GemmJob(NamedTuple):
     convolution config's tile (BLOCK_M/N/K, warps, stages) on a 1x1 layer's GEMM: ``m`` rows
     (a runtime argument, passed so that Triton specialises it as the convolution's M),
     ``n`` = C_out and ``k`` = C_in (constexprs, as the convolution's channels are), in
-    ``dtype`` (fp16 or bf16) for ``arch``."""
+    ``dtype`` (fp16 or bf16) for ``arch``; ``flatten``: its tile and K loops as one."""
     block_m: int
     block_n: int
     block_k: int
@@ -69,6 +69,7 @@ class GemmJob(NamedTuple):
     k: int
     dtype: torch.dtype
     arch: int
+    flatten: bool = False
 
 
 @dataclasses.dataclass
@@ -178,7 +179,7 @@ def compile_here(job):
                 job.dtype, job.dtype, job.dtype, job.m, N=job.n, K=job.k,
                 BLOCK_M=job.block_m, BLOCK_N=job.block_n, BLOCK_K=job.block_k,
                 GROUP_M=gemm_launcher.TILE["GROUP_M"], PROGRAMS=configs.TYPICAL_SMS[job.arch],
-                UPCAST_DOT=False, num_warps=job.num_warps, num_stages=job.num_stages,
+                FLATTEN=job.flatten, UPCAST_DOT=False, num_warps=job.num_warps, num_stages=job.num_stages,
                 grid=(1,))
         return launcher.compile_ahead(job.geometry, job.config, job.allow_tf32)
 

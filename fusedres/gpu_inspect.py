@@ -81,7 +81,8 @@ def compile_one(geometry, config, arch, allow_tf32=None):
 def reference_job(geometry, config, arch):
     """The GemmJob read beside a 1x1 row: the reference GEMM (kernels/gemm/) with the row's
     tile, warps and stages on the layer's GEMM (M = the convolution's M, N = C_out,
-    K = C_in), for the same arch and dtype.  None for other rows: kernel sizes other than 1x1,
+    K = C_in), for the same arch and dtype, flattened where the row's config is.  None for
+    other rows: kernel sizes other than 1x1,
     grouped convolutions, the cuDNN backend, and fp32 (the reference GEMM takes fp16 and bf16
     only)."""
     if (config.cudnn or geometry.kernel_size != (1, 1) or geometry.groups != 1
@@ -90,7 +91,7 @@ def reference_job(geometry, config, arch):
     ints, _ = geometry.scalars(allow_tf32=False, interpreted=False)
     return GemmJob(config.block_m, config.block_n, config.block_k, config.num_warps,
                    config.num_stages, ints["M"], geometry.c_out, geometry.c_in,
-                   geometry.dtype, arch)
+                   geometry.dtype, arch, config.flatten)
 
 
 def compile_jobs(jobs, workers=None, progress=None):
@@ -216,12 +217,16 @@ def issue_per_kfma(row):
 
 
 def programs(row):
-    """The launch's grid size at the traced batch (None for the cuDNN backend)."""
+    """The launch's grid size at the traced batch (None for the cuDNN backend); a persistent
+    config's is at most the arch's usual card's SM count (``configs.TYPICAL_SMS``)."""
     if row.config.cudnn:
         return None
     ints, consts = row.geometry.scalars(allow_tf32=False, interpreted=False)
-    return (launcher.output_tiles(ints["M"], consts, row.config) * consts["GROUPS"]
-            * row.config.split_k)
+    tiles = (launcher.output_tiles(ints["M"], consts, row.config) * consts["GROUPS"]
+             * row.config.split_k)
+    if row.config.persistent:
+        return min(tiles, configs.TYPICAL_SMS.get(row.arch, configs.TYPICAL_SMS[90]))
+    return tiles
 
 
 def row_record(row, allow_tf32):

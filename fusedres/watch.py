@@ -1,6 +1,7 @@
 """``ModelWatch``: whether anything a model's fused launches depend on may have changed since
 a moment, checked in one pass over the model (CUDA graph replays and launch plans rely on
 it instead of checking each launch's sources)."""
+import itertools
 import operator
 
 from torch import nn
@@ -45,9 +46,13 @@ class ModelWatch:
     ``full=True``: its parameters and buffers (``TensorWatch``), which ones they are, and
     BatchNorm ``eps``.  The tensors are collected once; ``changed()`` walks the model again
     only after a registration somewhere in the process (see ``_Registrations``), so the
-    common call costs one data-pointer and one version read per tensor.
+    common call costs one identity, one data-pointer and one version read per tensor.  The
+    identities are read from the modules' parameter and buffer tables on every call:
+    ``Module._apply`` (``.half()`` on a buffer of another dtype, ``.to()`` with
+    ``torch.__future__.set_overwrite_module_params_on_conversion(True)``) writes new tensors
+    into those tables directly, which no registration hook sees.
 
-    ``full=False``: only which tensors they are and whether a fused module's
+    ``full=False``: only registrations (replaced parts) and whether a fused module's
     ``load_state_dict`` ran since (two counter reads); in-place edits, ``.to()`` and ``eps``
     are not seen.
     """
@@ -58,28 +63,38 @@ class ModelWatch:
         self._full = full
         self._registrations = _Registrations.count
         self._loads = loads_generation()
-        self._tensors, self._norms = self._collect()
-        self._watch = TensorWatch(self._tensors)
+        self._tables, self._norms = self._collect()
+        self._sizes = list(map(len, self._tables))
+        self._entries = list(itertools.chain.from_iterable(map(dict.values, self._tables)))
+        self._watch = TensorWatch(t for t in self._entries if t is not None)
         self._eps = tuple(map(_EPS, self._norms))
 
     def _collect(self):
-        # num_batches_tracked included: a train-mode forward updates the running statistics
-        # without bumping their version counters, only this counter's.
-        tensors = [*self._model.parameters(), *self._model.buffers()]
-        norms = [m for m in self._model.modules()
-                 if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        return tensors, norms
+        # Every parameter and buffer, num_batches_tracked included: a train-mode forward
+        # updates the running statistics without bumping their version counters, only this
+        # counter's.  Only the tables that hold any: an entry is added by a registration.
+        modules = list(self._model.modules())
+        tables = [table for m in modules for table in (m._parameters, m._buffers) if table]
+        norms = [m for m in modules if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        return tables, norms
 
     def changed(self) -> bool:
         if _Registrations.count != self._registrations:
             # Something registered a part somewhere (maybe in another model): look once.
-            tensors, norms = self._collect()
-            if not (self._watch.watches(tensors) and len(norms) == len(self._norms)
+            tables, norms = self._collect()
+            if not (len(tables) == len(self._tables)
+                    and all(map(operator.is_, tables, self._tables))
+                    and len(norms) == len(self._norms)
                     and all(map(operator.is_, norms, self._norms))):
                 return True
             self._registrations = _Registrations.count
         if not self._full:
             return loads_generation() != self._loads
+        # Same sizes, then the same objects in order (one pass, no list built).
+        if list(map(len, self._tables)) != self._sizes or not all(map(
+                operator.is_, itertools.chain.from_iterable(map(dict.values, self._tables)),
+                self._entries)):
+            return True
         return self._watch.changed() or tuple(map(_EPS, self._norms)) != self._eps
 
 

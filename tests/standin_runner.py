@@ -264,9 +264,31 @@ def _changes():
         m(torch.randn(2, 3, 64, 64).half())
         m.eval()
 
+    # Module._apply writes new tensors into a module's tables without a registration: the
+    # forward after it must see them as other tensors, so that the edit after is seen too.
+    def overwritten_on_conversion(m):
+        torch.__future__.set_overwrite_module_params_on_conversion(True)
+        try:
+            m.to(memory_format=torch.channels_last)
+        finally:
+            torch.__future__.set_overwrite_module_params_on_conversion(False)
+        with torch.inference_mode():
+            m(torch.randn(1, 3, 224, 224).half())
+        m.layer1[0].conv1.weight.neg_()
+
+    def buffer_converted(m):
+        bn = m.layer1[0].bn1
+        bn.running_var = bn.running_var.float()  # a registration
+        with torch.inference_mode():
+            m(torch.randn(1, 3, 224, 224).half())
+        m.half()  # replaces that buffer only
+        with torch.inference_mode():
+            m(torch.randn(1, 3, 224, 224).half())
+        bn.running_var.mul_(3.0)
+
     return [in_place_weight, in_place_running_var, load_state_dict, float_half_round_trip,
             replaced_parameter, replaced_submodule, replaced_block, eps, data_assigned, stem,
-            train_mode_step]
+            train_mode_step, overwritten_on_conversion, buffer_converted]
 
 
 def _stale_plans(model):
@@ -341,7 +363,8 @@ def check_gemm_compile():
     from fusedres.kernels.gemm import launcher
     from fusedres.kernels.gemm.kernel import persistent_matmul_kernel
     tile = {k: v for k, v in launcher.TILE.items() if k not in ("num_warps", "num_stages")}
-    constexprs = {"N": 256, "K": 1024, **tile, "PROGRAMS": 132, "UPCAST_DOT": False}
+    constexprs = {"N": 256, "K": 1024, **tile, "PROGRAMS": 132, "FLATTEN": False,
+                  "UPCAST_DOT": False}
     source = triton.compiler.ASTSource(
         persistent_matmul_kernel,
         signature={"a_ptr": "*fp16", "b_ptr": "*fp16", "c_ptr": "*fp16", "M": "i32",
@@ -367,7 +390,7 @@ def check_gemm_sass():
 
     from fusedres import aot, sass
 
-    from .gemm_variants import flattened_matmul_kernel, one_tile_matmul_kernel
+    from .gemm_variants import one_tile_matmul_kernel
     tile = dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64)
     options = dict(num_warps=8, num_stages=3, grid=(1,))
     pointers = (torch.float16,) * 3
@@ -376,16 +399,14 @@ def check_gemm_sass():
     def read(compiled):
         return sass.read_k_loop(sass.dump("--dump-sass", compiled.asm["cubin"]))._asdict()
 
-    def reference(k):
+    def reference(k, flatten=False):
         return dataclasses.asdict(aot.compile_and_measure(
-            aot.GemmJob(*tile.values(), 8, 3, m, n, k, torch.float16, 90)))
+            aot.GemmJob(*tile.values(), 8, 3, m, n, k, torch.float16, 90, flatten)))
 
     with aot.target_driver(90):
-        flattened = flattened_matmul_kernel.warmup(*pointers, m, N=n, K=k, **tile, GROUP_M=8,
-                                                   PROGRAMS=132, **options)
         one_tile = one_tile_matmul_kernel.warmup(*pointers, m, N=n, K=k, **tile, **options)
-    return dict(persistent=reference(k), single_step=reference(64), flattened=read(flattened),
-                one_tile=read(one_tile))
+    return dict(persistent=reference(k), single_step=reference(64),
+                flattened=reference(k, flatten=True), one_tile=read(one_tile))
 
 
 CHECKS = {"same_calls": check_same_calls, "guards": check_guards,

@@ -224,10 +224,20 @@ def test_1x1_rows_carry_the_reference_gemms_loop(tmp_path):
                                   "--geometry", "1024x14x14 -> 256 1x1",
                                   "--config", "128x128x64 w8 s3", "--json", str(path))) == 0
     rows = json.loads(path.read_text())
-    assert sorted(row["variant"] for row in rows) == ["", "tma"]
-    references = {row["reference_loop_instructions"] for row in rows}
-    # The reference's K loop, 16 steps of 64: one pipelined loop of 4 wgmma per step.
-    assert len(references) == 1 and 40 < references.pop() < 120
+    assert sorted(row["variant"] for row in rows) == ["", "tma", "tma persistent",
+                                                      "tma persistent flattened"]
+    # The reference's K loop, 16 steps of 64: one pipelined loop of 4 wgmma per step; the
+    # flattened row's is the flattened reference's steady step.
+    references = {"flattened" in row["variant"]: row["reference_loop_instructions"]
+                  for row in rows}
+    assert all(40 < reference < 120 for reference in references.values())
+    assert len({row["reference_loop_instructions"] for row in rows}) == 2
+    # Issue 23's target for the persistent candidates: their steady K step within 1.1x the
+    # reference GEMM's, MMA groups overlapping; the grid one program per SM of an H200.
+    for row in rows:
+        if "persistent" in row["variant"]:
+            assert row["loop_instructions"] <= 1.1 * row["reference_loop_instructions"], row
+            assert not row["serialised_mma"] and row["programs"] == 132
 
 
 def test_only_1x1_fp16_and_bf16_triton_rows_have_a_reference_gemm():

@@ -57,7 +57,8 @@ def test_gate(checks):
 
 CHANGES = ["in_place_weight", "in_place_running_var", "load_state_dict",
            "float_half_round_trip", "replaced_parameter", "replaced_submodule", "replaced_block",
-           "eps", "data_assigned", "stem", "train_mode_step"]
+           "eps", "data_assigned", "stem", "train_mode_step", "overwritten_on_conversion",
+           "buffer_converted"]
 
 
 @pytest.mark.parametrize("change", CHANGES)

@@ -64,6 +64,27 @@ class TestModelWatch:
                 torch.utils.swap_tensors(mean, other)
         assert watch.changed()
 
+    @pytest.mark.parametrize("conversion", ["overwrite_on_conversion", "buffer_converted"])
+    def test_tensors_module_apply_writes_are_seen(self, fused, conversion):
+        """``Module._apply`` puts new tensors into the module tables without a registration;
+        the old ones keep their pointers and versions."""
+        bn = fused.layer1[0].bn1
+        if conversion == "buffer_converted":
+            bn.running_var = bn.running_var.double()  # registered before the watch
+        watch = ModelWatch(fused)
+        assert not watch.changed()
+        if conversion == "buffer_converted":
+            old = bn.running_var
+            fused.float()  # replaces that one buffer
+            assert bn.running_var is not old and bn.running_var.dtype == torch.float32
+        else:
+            torch.__future__.set_overwrite_module_params_on_conversion(True)
+            try:
+                fused.to(memory_format=torch.channels_last)
+            finally:
+                torch.__future__.set_overwrite_module_params_on_conversion(False)
+        assert watch.changed()
+
     def test_data_assignment_keeps_the_version(self):
         """Why the watch reads data pointers besides versions: ``.data = ...`` (as
         ``Module.to()`` does) gives a tensor new values and keeps its version."""

@@ -5,7 +5,9 @@ fused kernel (benchmarks/test_layers.py).
 
 Grid: one program per SM at most; each walks the output tiles ``pid, pid + programs, ...``
 in grouped order (``GROUP_M`` row tiles share their column sweep, for L2 reuse), loading
-both operands through 2-D TMA descriptors made once per program.
+both operands through 2-D TMA descriptors made once per program.  ``FLATTEN``: the tile loop
+and the K loop software-pipelined as one loop (the tutorial's option; what the fused
+kernel's flattened persistent candidates are compared with).
 """
 import triton
 import triton.language as tl
@@ -19,7 +21,7 @@ def persistent_matmul_kernel(
     M,
     N: tl.constexpr, K: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    GROUP_M: tl.constexpr, PROGRAMS: tl.constexpr,
+    GROUP_M: tl.constexpr, PROGRAMS: tl.constexpr, FLATTEN: tl.constexpr,
     UPCAST_DOT: tl.constexpr,  # the interpreter's NumPy dot has no bfloat16: widen first
 ):
     a_desc = tl.make_tensor_descriptor(a_ptr, shape=[M, K], strides=[K, 1],
@@ -32,7 +34,7 @@ def persistent_matmul_kernel(
     tiles_n: tl.constexpr = (N + BLOCK_N - 1) // BLOCK_N
     k_steps: tl.constexpr = (K + BLOCK_K - 1) // BLOCK_K
     in_group: tl.constexpr = GROUP_M * tiles_n
-    for tile in range(tl.program_id(0), tiles_m * tiles_n, PROGRAMS):
+    for tile in tl.range(tl.program_id(0), tiles_m * tiles_n, PROGRAMS, flatten=FLATTEN):
         group = tile // in_group
         first_m = group * GROUP_M
         rows = min(tiles_m - first_m, GROUP_M)

@@ -14,10 +14,10 @@ INTERPRETER_TILE = dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=16, GROUP_M=2)
 INTERPRETER_PROGRAMS = 3
 
 
-def persistent_matmul(a, b):
+def persistent_matmul(a, b, flatten=False):
     """``a @ b`` for fp16/bf16 matrices ``a`` [M, K] and ``b`` [K, N] on one device, both
-    contiguous, K and N multiples of 8 (TMA needs 16-byte row strides).  Returns a new
-    [M, N] tensor in their dtype."""
+    contiguous, K and N multiples of 8 (TMA needs 16-byte row strides).  ``flatten``: the
+    tile loop and the K loop pipelined as one.  Returns a new [M, N] tensor in their dtype."""
     for name, t in (("a", a), ("b", b)):
         if not isinstance(t, torch.Tensor) or t.dim() != 2:
             raise ValueError(f"{name} must be a 2-D tensor")
@@ -44,6 +44,6 @@ def persistent_matmul(a, b):
     programs = min(programs, tiles)
     with runtime.INTERPRETER_LOCK if runtime.INTERPRETED else contextlib.nullcontext():
         persistent_matmul_kernel[(programs,)](
-            a, b, c, m, N=n, K=k, PROGRAMS=programs,
+            a, b, c, m, N=n, K=k, PROGRAMS=programs, FLATTEN=flatten,
             UPCAST_DOT=runtime.INTERPRETED and a.dtype == torch.bfloat16, **tile)
     return c

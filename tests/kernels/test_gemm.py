@@ -12,12 +12,13 @@ from ..standin_runner import run_checks
 from ..numerics import assert_close_to_reference, rel_tol
 
 
+@pytest.mark.parametrize("flatten", [False, True], ids=["nested", "flattened"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("m,k,n", [(77, 40, 56), (64, 128, 96), (5, 16, 8), (200, 24, 40)])
-def test_matches_float64(m, k, n, dtype):
+def test_matches_float64(m, k, n, dtype, flatten):
     a = torch.randn(m, k, device=DEVICE).to(dtype)
     b = (torch.randn(k, n, device=DEVICE) / k ** 0.5).to(dtype)
-    c = persistent_matmul(a, b)
+    c = persistent_matmul(a, b, flatten)
     assert c.shape == (m, n) and c.dtype == dtype
     assert_close_to_reference(c, a.double() @ b.double(), rel_tol(dtype), f"{m}x{k}x{n}")
 
