@@ -17,6 +17,7 @@ hooks on the modules a replay walks past without calling them (the model's
 modules as usual, and each launch checks its own folds before using its plan.
 """
 import functools
+import operator
 
 import torch
 from torch import nn
@@ -34,7 +35,7 @@ class PlanGate:
     def __init__(self):
         self._watch = None
         self._registrations = None
-        self._walked = self._steps = ()
+        self._modules = self._walked = self._steps = ()
         self._parameters = ()
 
     def steps(self, model: nn.Module, x: torch.Tensor):
@@ -45,7 +46,7 @@ class PlanGate:
             return None
         if ops.autocast_enabled(x):
             return None
-        if self._watch is None or registrations() != self._registrations or self._watch.changed():
+        if self._watch is None or self._restructured(model) or self._watch.changed():
             self._renew(model)
         if torch.is_grad_enabled() and (
                 x.requires_grad or any(p.requires_grad for p in self._parameters)):
@@ -56,8 +57,24 @@ class PlanGate:
             return None  # hooks to call, or a block in train mode (eager there)
         return self._steps
 
+    def _restructured(self, model):
+        """Whether ``model``'s modules may be others than at the last renewal: only after a
+        registration somewhere in the process (a part replaced, or any module built
+        anywhere), and then only if its module list differs (~0.1 ms on ResNet-50), so that
+        building an unrelated module keeps the plans."""
+        count = registrations()
+        if count == self._registrations:
+            return False
+        modules = list(model.modules())
+        if len(modules) != len(self._modules) or not all(map(operator.is_, modules,
+                                                             self._modules)):
+            return True
+        self._registrations = count
+        return False
+
     def _renew(self, model):
         self._registrations = registrations()
+        self._modules = tuple(model.modules())
         walked, steps = model.plan_walk()
         self._walked, self._steps = tuple(walked), tuple(steps)
         self._parameters = tuple(model.parameters())

@@ -213,6 +213,10 @@ def check_model_gate():
             model.layer2[1](block_input.contiguous())
         forward("a block's first plan made for an nchw input")
         forward("after both")
+        torch.nn.Linear(4, 4)  # a registration elsewhere: nothing of this model changed
+        forward("unrelated registration")
+        model.layer1[0].relu = torch.nn.ReLU()  # a part without tensors replaced
+        forward("part without tensors replaced")
     return out
 
 
