@@ -179,7 +179,8 @@ def compile_here(job):
                 job.dtype, job.dtype, job.dtype, job.m, N=job.n, K=job.k,
                 BLOCK_M=job.block_m, BLOCK_N=job.block_n, BLOCK_K=job.block_k,
                 GROUP_M=gemm_launcher.TILE["GROUP_M"], PROGRAMS=configs.TYPICAL_SMS[job.arch],
-                FLATTEN=job.flatten, UPCAST_DOT=False, num_warps=job.num_warps, num_stages=job.num_stages,
+                FLATTEN=job.flatten, UPCAST_DOT=False, num_warps=job.num_warps,
+                num_stages=job.num_stages,
                 grid=(1,))
         return launcher.compile_ahead(job.geometry, job.config, job.allow_tf32)
 

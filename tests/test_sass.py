@@ -13,7 +13,8 @@ def _sass(*instructions, start=0x100):
 
 
 def test_k_loop_is_read_from_a_backward_branch():
-    code = _sass("MOV R1, R2", "LDGSTS.E [R3], desc[UR4][R5.64]", "HGMMA.64x128x16.F32 R24, gdesc[UR8], RZ",
+    code = _sass("MOV R1, R2", "LDGSTS.E [R3], desc[UR4][R5.64]",
+                 "HGMMA.64x128x16.F32 R24, gdesc[UR8], RZ",
                  "HGMMA.64x128x16.F32 R24, gdesc[UR12], R24, gsb0",
                  "WARPGROUP.DEPBAR.LE gsb0, 0x1", "IADD3 R1, R1, 0x1, RZ", "BRA 0x110", "EXIT")
     loop = sass.read_k_loop(code)

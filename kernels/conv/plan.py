@@ -115,8 +115,9 @@ def allocator(device: torch.device):
 
 class LaunchPlan:
     """Replays one ``conv_bn_act`` launch; see the module docstring.  Thread-safe (a call
-    changes nothing but ``follows``'s memo, replaced whole).  ``folded`` is whatever the caller built the weights from (the plan
-    holds it so the caller can tell its plans from an older fold's)."""
+    changes nothing but ``follows``'s memo, replaced whole).  ``folded`` is whatever the
+    caller built the weights from (the plan holds it so the caller can tell its plans from
+    an older fold's)."""
 
     def __init__(self, *, x, residual, xs, device, stream, weight, bias, ws, out_shape,
                  out_stride, pad, convert, runs, split, tma, folded=None):

@@ -13,8 +13,8 @@ from .dot import accumulate
 @triton.jit
 def walk_taps(acc, x_ptr, w_ptr, img, ih0, iw0, m_mask, co, n_mask, group, step_lo, step_hi,
               H: tl.constexpr, W: tl.constexpr, C_in: tl.constexpr, C_out: tl.constexpr,
-              KH: tl.constexpr, KW: tl.constexpr, PAD: tl.constexpr, DIL: tl.constexpr, GROUPS: tl.constexpr,
-              BLOCK_K: tl.constexpr, EVEN_N: tl.constexpr,
+              KH: tl.constexpr, KW: tl.constexpr, PAD: tl.constexpr, DIL: tl.constexpr,
+              GROUPS: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_N: tl.constexpr,
               RECOMPUTE_TAPS: tl.constexpr, DOT_PRECISION: tl.constexpr,
               UPCAST_DOT: tl.constexpr, SWAP_AB: tl.constexpr):
     """K steps ``[step_lo, step_hi)`` of the main convolution into ``acc``.

@@ -80,7 +80,8 @@ def test_plan_allocator_makes_what_empty_strided_makes(mode):
     torch.empty_strided, 16-byte aligned (``LaunchPlan.follows`` relies on that)."""
     empty = plan.allocator(CPU)
     for shape, stride, dtype in [((1, 64, 7, 5), (2240, 1, 320, 64), torch.float16),
-                                 ((3,), (1,), torch.float16), ((2, 5, 3), (15, 3, 1), torch.float32)]:
+                                 ((3,), (1,), torch.float16),
+                                 ((2, 5, 3), (15, 3, 1), torch.float32)]:
         with mode():
             made, reference = empty(shape, stride, dtype), torch.empty_strided(
                 shape, stride, dtype=dtype)
