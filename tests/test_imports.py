@@ -98,7 +98,7 @@ def test_the_graph_is_read():
     # The checks above see edges at all: a few that must exist.
     assert "fusedres.kernels.conv.launcher" in GRAPH["fusedres.kernels.conv"]
     assert "fusedres.kernels" in GRAPH["fusedres.trace"]
-    assert "fusedres.kernels.conv.walk_taps" in GRAPH["fusedres.kernels.conv.kernel"]
+    assert "fusedres.kernels.conv.walk_taps" in GRAPH["fusedres.kernels.conv.tile"]
 
 
 def test_pyproject_installs_every_package():
