@@ -14,7 +14,8 @@
 #   stage         limit  took     what
 #   environment     -    17-25    nvidia-smi, versions
 #   warmup         90    41-50    ResNet-18/34/50 fp16 at batch 256 and 1: 68 geometries, 408
-#                                 compiles on 16 cores, through Triton's JIT into its cache
+#                                 compiles on 16 cores then, 463 now (the persistent
+#                                 candidates), through Triton's JIT into its cache
 #   first_call     50    21-24    two fresh processes time ResNet-50's first forward after the
 #                                 warm-up (the first runs the tuner, the second finds it stored)
 #   models        110    57-70    fp16 b256, 3 models x (eager, eager NCHW, fused, CUDA graphs,
