@@ -5,6 +5,8 @@ the model."""
 import triton
 import triton.language as tl
 
+from fusedres.kernels.gemm.kernel import gemm_descriptors
+
 
 @triton.jit
 def one_tile_matmul_kernel(
@@ -13,12 +15,8 @@ def one_tile_matmul_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """The same tile and loads, one output tile per program (no persistent loop)."""
-    a_desc = tl.make_tensor_descriptor(a_ptr, shape=[M, K], strides=[K, 1],
-                                       block_shape=[BLOCK_M, BLOCK_K])
-    b_desc = tl.make_tensor_descriptor(b_ptr, shape=[K, N], strides=[N, 1],
-                                       block_shape=[BLOCK_K, BLOCK_N])
-    c_desc = tl.make_tensor_descriptor(c_ptr, shape=[M, N], strides=[N, 1],
-                                       block_shape=[BLOCK_M, BLOCK_N])
+    a_desc, b_desc, c_desc = gemm_descriptors(a_ptr, b_ptr, c_ptr, M, N, K, BLOCK_M, BLOCK_N,
+                                              BLOCK_K)
     tiles_n: tl.constexpr = (N + BLOCK_N - 1) // BLOCK_N
     pid_m = tl.program_id(0) // tiles_n
     pid_n = tl.program_id(0) % tiles_n

@@ -14,6 +14,19 @@ import triton.language as tl
 
 
 @triton.jit
+def gemm_descriptors(a_ptr, b_ptr, c_ptr, M, N: tl.constexpr, K: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The 2-D TMA descriptors of a [M, K], b [K, N] and c [M, N], row-major, in tiles."""
+    a_desc = tl.make_tensor_descriptor(a_ptr, shape=[M, K], strides=[K, 1],
+                                       block_shape=[BLOCK_M, BLOCK_K])
+    b_desc = tl.make_tensor_descriptor(b_ptr, shape=[K, N], strides=[N, 1],
+                                       block_shape=[BLOCK_K, BLOCK_N])
+    c_desc = tl.make_tensor_descriptor(c_ptr, shape=[M, N], strides=[N, 1],
+                                       block_shape=[BLOCK_M, BLOCK_N])
+    return a_desc, b_desc, c_desc
+
+
+@triton.jit
 def persistent_matmul_kernel(
     a_ptr,   # [M, K] row-major
     b_ptr,   # [K, N] row-major
@@ -24,12 +37,8 @@ def persistent_matmul_kernel(
     GROUP_M: tl.constexpr, PROGRAMS: tl.constexpr, FLATTEN: tl.constexpr,
     UPCAST_DOT: tl.constexpr,  # the interpreter's NumPy dot has no bfloat16: widen first
 ):
-    a_desc = tl.make_tensor_descriptor(a_ptr, shape=[M, K], strides=[K, 1],
-                                       block_shape=[BLOCK_M, BLOCK_K])
-    b_desc = tl.make_tensor_descriptor(b_ptr, shape=[K, N], strides=[N, 1],
-                                       block_shape=[BLOCK_K, BLOCK_N])
-    c_desc = tl.make_tensor_descriptor(c_ptr, shape=[M, N], strides=[N, 1],
-                                       block_shape=[BLOCK_M, BLOCK_N])
+    a_desc, b_desc, c_desc = gemm_descriptors(a_ptr, b_ptr, c_ptr, M, N, K, BLOCK_M, BLOCK_N,
+                                              BLOCK_K)
     tiles_m = tl.cdiv(M, BLOCK_M)
     tiles_n: tl.constexpr = (N + BLOCK_N - 1) // BLOCK_N
     k_steps: tl.constexpr = (K + BLOCK_K - 1) // BLOCK_K
