@@ -8,9 +8,9 @@ K walks and epilogue, up to its only store; with split-K an fp32 partial tile th
 ``split_k.py`` finishes).  This kernel maps programs to tiles: one tile per program, or
 (PERSISTENT) a grid of at most one program per SM, each walking the tiles ``pid, pid +
 programs, ...`` in grouped order with its TMA descriptors made once, loading each tile's
-bias before its K walk (FLATTEN: the tile loop and the K walk software-pipelined as one
-loop, the bias loaded in the epilogue: in one loop an early load would be issued, predicated
-off, on every K step).
+bias and residual before its K walk (FLATTEN: the tile loop and the K walk
+software-pipelined as one loop, those loaded in the epilogue: in one loop an early load
+would be issued, predicated off, on every K step).
 
 K walks (``@triton.jit`` helpers, one file each but the two TMA walks, inlined by Triton):
   walk_taps        tap-major by pointers (default; RECOMPUTE_TAPS: offsets per step)
@@ -90,7 +90,7 @@ def conv_bn_act_kernel(
                       C_short, KH, KW, STRIDE, PAD, DIL, GROUPS, STRIDE_SHORT, SHORTCUT_POOL,
                       GATHER_K, HAS_SHORTCUT, HAS_RESIDUAL, RELU, DOT_PRECISION, UPCAST_DOT,
                       INDEX_64, BLOCK_M, BLOCK_N, BLOCK_K, RECOMPUTE_TAPS, SPLIT_K, USE_TMA,
-                      STRIP_K, SWAP_AB, PATCH_W, EARLY_BIAS=not FLATTEN)
+                      STRIP_K, SWAP_AB, PATCH_W, EARLY_LOADS=not FLATTEN)
     else:
         # Programs that share an M tile (the same input pixels) run next to each other, so
         # the input rows they all read stay in L2 while the N tiles sweep the (small) weight.
@@ -100,4 +100,4 @@ def conv_bn_act_kernel(
                   WS, C_short, KH, KW, STRIDE, PAD, DIL, GROUPS, STRIDE_SHORT, SHORTCUT_POOL,
                   GATHER_K, HAS_SHORTCUT, HAS_RESIDUAL, RELU, DOT_PRECISION, UPCAST_DOT,
                   INDEX_64, BLOCK_M, BLOCK_N, BLOCK_K, RECOMPUTE_TAPS, SPLIT_K, USE_TMA,
-                  STRIP_K, SWAP_AB, PATCH_W, EARLY_BIAS=False)
+                  STRIP_K, SWAP_AB, PATCH_W, EARLY_LOADS=False)

@@ -30,10 +30,11 @@ def conv_tile(x_ptr, w_ptr, bias_ptr, xs_ptr, ws_ptr, res_ptr, out_ptr, x_desc, 
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
               RECOMPUTE_TAPS: tl.constexpr, SPLIT_K: tl.constexpr, USE_TMA: tl.constexpr,
               STRIP_K: tl.constexpr, SWAP_AB: tl.constexpr, PATCH_W: tl.constexpr,
-              EARLY_BIAS: tl.constexpr):
+              EARLY_LOADS: tl.constexpr):
     """``x_desc``/``w_desc``: the TMA descriptors of x and the packed weight (USE_TMA; else
-    unused).  ``EARLY_BIAS``: load the bias before the K walks, so its latency hides behind
-    them instead of following the final drain (it then holds registers across the walks)."""
+    unused).  ``EARLY_LOADS``: load the bias and the residual tile before the K walks, so
+    their latency hides behind them instead of following the final drain (they then hold
+    registers across the walks)."""
     cin_g: tl.constexpr = C_in // GROUPS
     cout_g: tl.constexpr = C_out // GROUPS
 
@@ -72,8 +73,12 @@ def conv_tile(x_ptr, w_ptr, bias_ptr, xs_ptr, ws_ptr, res_ptr, out_ptr, x_desc, 
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < cout_g
     co = group * cout_g + offs_n
-    if EARLY_BIAS:
+    if EARLY_LOADS:
         bias = tl.load(bias_ptr + co, mask=n_mask, other=0.0)
+        residual = bias  # unused unless HAS_RESIDUAL
+        if HAS_RESIDUAL:
+            residual = tl.load(res_ptr + rows[:, None] * C_out + co[None, :],
+                               mask=m_mask[:, None] & n_mask[None, :], other=0.0)
 
     # ---- the tile's K steps
     # Split-K (SPLIT_K > 1): program_id(2) takes one contiguous slice of the K steps, the main
@@ -149,7 +154,10 @@ def conv_tile(x_ptr, w_ptr, bias_ptr, xs_ptr, ws_ptr, res_ptr, out_ptr, x_desc, 
         # out_ptr is the fp32 workspace [SPLIT_K, M, C_out] (small: split-K runs on small M).
         tl.store(out_ptr + tl.program_id(2) * M * C_out + out_off, acc, mask=out_mask)
     else:
-        if not EARLY_BIAS:
+        if not EARLY_LOADS:
             bias = tl.load(bias_ptr + co, mask=n_mask, other=0.0)
-        bias_residual_act_store(acc, bias, res_ptr, out_ptr, out_off, out_mask, HAS_RESIDUAL,
+            residual = bias  # unused unless HAS_RESIDUAL
+            if HAS_RESIDUAL:
+                residual = tl.load(res_ptr + out_off, mask=out_mask, other=0.0)
+        bias_residual_act_store(acc, bias, residual, out_ptr, out_off, out_mask, HAS_RESIDUAL,
                                 RELU)
