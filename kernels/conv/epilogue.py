@@ -4,14 +4,17 @@ import triton.language as tl
 
 
 @triton.jit
-def bias_residual_act_store(acc, bias, residual, out_ptr, out_off, out_mask,
-                            HAS_RESIDUAL: tl.constexpr, RELU: tl.constexpr):
+def bias_residual_act_store(acc, bias, res_ptr, residual, out_ptr, out_off, out_mask,
+                            HAS_RESIDUAL: tl.constexpr, RESIDUAL_LOADED: tl.constexpr,
+                            RELU: tl.constexpr):
     """``out = act(acc + bias [+ residual])`` in fp32, rounded once at the store.  ``bias``:
-    the tile's channels' fp32 bias; ``residual``: the tile of the residual (HAS_RESIDUAL;
-    else unused), both loaded by the caller, which decides when; ``out_off``/``out_mask``:
-    the tile's NHWC elements."""
+    the tile's channels' fp32 bias, loaded by the caller; the residual (HAS_RESIDUAL) is
+    loaded here from ``res_ptr``, or with RESIDUAL_LOADED given loaded as ``residual`` (else
+    unused); ``out_off``/``out_mask``: the tile's NHWC elements."""
     acc += bias[None, :]
     if HAS_RESIDUAL:
+        if not RESIDUAL_LOADED:
+            residual = tl.load(res_ptr + out_off, mask=out_mask, other=0.0)
         acc += residual.to(tl.float32)
     if RELU:
         # torch.relu keeps NaN; a plain maximum (and PTX max) would turn it into 0 and hide

@@ -26,7 +26,5 @@ def split_k_epilogue_kernel(
     for s in tl.static_range(1, SPLIT_K):
         acc += tl.load(part_ptr + s * M * C_out + off, mask=mask, other=0.0)
     bias = tl.load(bias_ptr + offs_n, mask=n_mask, other=0.0)
-    residual = bias  # unused unless HAS_RESIDUAL
-    if HAS_RESIDUAL:
-        residual = tl.load(res_ptr + off, mask=mask, other=0.0)
-    bias_residual_act_store(acc, bias, residual, out_ptr, off, mask, HAS_RESIDUAL, RELU)
+    bias_residual_act_store(acc, bias, res_ptr, None, out_ptr, off, mask, HAS_RESIDUAL, False,
+                            RELU)

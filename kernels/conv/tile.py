@@ -73,9 +73,9 @@ def conv_tile(x_ptr, w_ptr, bias_ptr, xs_ptr, ws_ptr, res_ptr, out_ptr, x_desc, 
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < cout_g
     co = group * cout_g + offs_n
+    residual = None  # loaded here only with EARLY_LOADS, else by the epilogue
     if EARLY_LOADS:
         bias = tl.load(bias_ptr + co, mask=n_mask, other=0.0)
-        residual = bias  # unused unless HAS_RESIDUAL
         if HAS_RESIDUAL:
             residual = tl.load(res_ptr + rows[:, None] * C_out + co[None, :],
                                mask=m_mask[:, None] & n_mask[None, :], other=0.0)
@@ -137,7 +137,7 @@ def conv_tile(x_ptr, w_ptr, bias_ptr, xs_ptr, ws_ptr, res_ptr, out_ptr, x_desc, 
                             UPCAST_DOT, SWAP_AB)
     else:
         acc = walk_taps(acc, x_ptr, w_ptr, img, ih0, iw0, m_mask, co, n_mask, group, main_lo,
-                        main_hi, H, W, C_in, C_out, KH, KW, PAD, DIL, GROUPS, BLOCK_K,
+                        main_hi, H, W, C_in, C_out, KW, PAD, DIL, GROUPS, BLOCK_K,
                         cout_g % BLOCK_N == 0, RECOMPUTE_TAPS, DOT_PRECISION, UPCAST_DOT,
                         SWAP_AB)
     if HAS_SHORTCUT:
@@ -156,8 +156,5 @@ def conv_tile(x_ptr, w_ptr, bias_ptr, xs_ptr, ws_ptr, res_ptr, out_ptr, x_desc, 
     else:
         if not EARLY_LOADS:
             bias = tl.load(bias_ptr + co, mask=n_mask, other=0.0)
-            residual = bias  # unused unless HAS_RESIDUAL
-            if HAS_RESIDUAL:
-                residual = tl.load(res_ptr + out_off, mask=out_mask, other=0.0)
-        bias_residual_act_store(acc, bias, residual, out_ptr, out_off, out_mask, HAS_RESIDUAL,
-                                RELU)
+        bias_residual_act_store(acc, bias, res_ptr, residual, out_ptr, out_off, out_mask,
+                                HAS_RESIDUAL, EARLY_LOADS, RELU)

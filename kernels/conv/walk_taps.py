@@ -13,8 +13,8 @@ from .dot import accumulate
 @triton.jit
 def walk_taps(acc, x_ptr, w_ptr, img, ih0, iw0, m_mask, co, n_mask, group, step_lo, step_hi,
               H: tl.constexpr, W: tl.constexpr, C_in: tl.constexpr, C_out: tl.constexpr,
-              KH: tl.constexpr, KW: tl.constexpr, PAD: tl.constexpr, DIL: tl.constexpr,
-              GROUPS: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_N: tl.constexpr,
+              KW: tl.constexpr, PAD: tl.constexpr, DIL: tl.constexpr, GROUPS: tl.constexpr,
+              BLOCK_K: tl.constexpr, EVEN_N: tl.constexpr,
               RECOMPUTE_TAPS: tl.constexpr, DOT_PRECISION: tl.constexpr,
               UPCAST_DOT: tl.constexpr, SWAP_AB: tl.constexpr):
     """K steps ``[step_lo, step_hi)`` of the main convolution into ``acc``.
@@ -32,13 +32,8 @@ def walk_taps(acc, x_ptr, w_ptr, img, ih0, iw0, m_mask, co, n_mask, group, step_
     x_base = ((img * H + ih0) * W + iw0) * C_in + group * cin_g
     w_base = offs_k[:, None] * C_out + co[None, :]
     for step in range(step_lo, step_hi):
-        if KH * KW == 1:
-            # One tap: a step is a channel block, with no tap index to derive.
-            tap = 0
-            c0 = step * BLOCK_K
-        else:
-            tap = step // c_steps
-            c0 = (step % c_steps) * BLOCK_K
+        tap = step // c_steps
+        c0 = (step % c_steps) * BLOCK_K
         kh = tap // KW
         kw = tap % KW
         if not RECOMPUTE_TAPS:
