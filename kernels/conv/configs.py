@@ -25,11 +25,10 @@ class ConvConfig(NamedTuple):
     ``persistent``: TMA tiles walked by at most one program per SM, each looping over its
     tiles (kernels/conv/kernel.py; the launcher sizes the grid); ``flatten``: its tile loop
     and K walk pipelined as one loop, so the next tile's loads overlap this one's epilogue.
-    ``pad_c``: a
-    launcher option, not a kernel constexpr: the launcher pads the input's channels to this
-    many first (0: not).  ``cudnn``: not a Triton config at all but the cuDNN backend
-    (kernels/conv/cudnn.py; ``CUDNN``, every other field unused), a candidate beside the
-    tiles wherever ``backends.cudnn_allowed()``.
+    ``pad_c``: a launcher option, not a kernel constexpr: the launcher pads the input's
+    channels to this many first (0: not).  ``cudnn``: not a Triton config at all but the
+    cuDNN backend (kernels/conv/cudnn.py; ``CUDNN``, every other field unused), a candidate
+    beside the tiles wherever ``backends.cudnn_allowed()``.
     """
     block_m: int
     block_n: int
@@ -227,7 +226,8 @@ def candidates(consts, element_size, m=None, arch=None, sms=None):
     On ``arch`` 90 and newer only what issues at most about 2 warp-instructions per 1,000 FMA
     there, on wgmma: no tile of fewer than 4 warps (it compiles to Ampere's HMMA), no 64x64
     tile on padded convolutions nor where TMA patch tiles take its place, of the stem's
-    gathered walk only the proven tile; and the TMA tiles (``tma_candidates``).
+    gathered walk only the proven tile; and the TMA tiles (``tma_candidates``), persistent
+    ones included where the grid outnumbers the SMs (for 3x3 in the place of 128x128x32).
     """
     size = _size(element_size)
     hopper = arch is not None and arch >= 90
