@@ -222,7 +222,7 @@ def programs(row):
     if row.config.cudnn:
         return None
     ints, consts = row.geometry.scalars(allow_tf32=False, interpreted=False)
-    tiles = (launcher.output_tiles(ints["M"], consts, row.config) * consts["GROUPS"]
+    tiles = (configs.output_tiles(ints["M"], consts, row.config) * consts["GROUPS"]
              * row.config.split_k)
     if row.config.persistent:
         return min(tiles, configs.TYPICAL_SMS.get(row.arch, configs.TYPICAL_SMS[90]))

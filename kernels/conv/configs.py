@@ -369,7 +369,7 @@ def tma_candidates(consts, element_size, m=None, sms=None):
         configs = [ConvConfig(128, 128, 64, 8, 3, tma=True)]
     else:
         configs = [ConvConfig(128, 64, 64, 4, 4, tma=True)]
-    if m is None or _output_tiles(m, consts, configs[0]) > (sms or TYPICAL_SMS[90]):
+    if m is None or output_tiles(m, consts, configs[0]) > (sms or TYPICAL_SMS[90]):
         configs += persistent_candidates(consts, configs[0])
     return configs
 
@@ -386,15 +386,18 @@ def persistent_candidates(consts, config):
     return [persistent]
 
 
-def _output_tiles(m, consts, config):
-    """The output tiles of a launch of M = ``m`` with ``config`` (one group: TMA has none)."""
+def output_tiles(m, consts, config):
+    """The programs one group's output takes with ``config``'s tile: M tiles (runs of BLOCK_M
+    pixels, or patches of rows of one image) x N tiles (the launcher's grid; a persistent
+    config's is at most the SM count)."""
+    oh, ow = consts["OH"], consts["OW"]
+    # Integer arithmetic: triton.cdiv is a ConstexprFunction, ~1.5 us per host call.
     if config.patch_w:
         rows = config.block_m // config.patch_w
-        m_tiles = (m // (consts["OH"] * consts["OW"]) * triton.cdiv(consts["OH"], rows)
-                   * triton.cdiv(consts["OW"], config.patch_w))
+        m_tiles = (m // (oh * ow)) * -(-oh // rows) * -(-ow // config.patch_w)
     else:
-        m_tiles = triton.cdiv(m, config.block_m)
-    return m_tiles * triton.cdiv(consts["C_out"], config.block_n)
+        m_tiles = -(-m // config.block_m)
+    return m_tiles * -(-(consts["C_out"] // consts["GROUPS"]) // config.block_n)
 
 
 # ---------------------------------------------------------------- split-K

@@ -20,7 +20,7 @@ from .. import autotune, runtime
 from ..checks import check_activation, check_launch_input, check_packed
 from ..layout import pad_channels, pad_weight_rows
 from . import backends, configs, cudnn, plan
-from .configs import ConvConfig
+from .configs import ConvConfig, output_tiles
 from .geometry import ConvGeometry, Shortcut, conv_output_size
 from .kernel import conv_bn_act_kernel
 from .split_k import split_k_epilogue_kernel
@@ -276,19 +276,6 @@ def _plan(last, x, residual, shortcut, device, weight, bias, ws, out, folded):
         split=None if config.split_k == 1 else (config.split_k, out.numel() // out.shape[1],
                                                 out.shape[1]),
         tma=config.tma, folded=folded)
-
-
-def output_tiles(m, consts, config):
-    """The programs one group's output takes with ``config``'s tile: M tiles (runs of BLOCK_M
-    pixels, or patches of rows of one image) x N tiles."""
-    oh, ow = consts["OH"], consts["OW"]
-    # Integer arithmetic: triton.cdiv is a ConstexprFunction, ~1.5 us per host call.
-    if config.patch_w:
-        rows = config.block_m // config.patch_w
-        m_tiles = (m // (oh * ow)) * -(-oh // rows) * -(-ow // config.patch_w)
-    else:
-        m_tiles = -(-m // config.block_m)
-    return m_tiles * -(-(consts["C_out"] // consts["GROUPS"]) // config.block_n)
 
 
 # Under the interpreter a persistent grid has this many programs, so that each walks

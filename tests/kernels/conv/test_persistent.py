@@ -45,7 +45,7 @@ def _assert_wraps(launches, flatten):
     assert ran.config.persistent and ran.config.flatten == flatten and ran.config.tma
     if INTERPRETED:
         batch, _, oh, ow = ran.geometry.output_shape
-        tiles = launcher.output_tiles(batch * oh * ow, ran.constexprs, ran.config)
+        tiles = configs.output_tiles(batch * oh * ow, ran.constexprs, ran.config)
         assert ran.grid == (launcher.INTERPRETER_PROGRAMS, 1)
         assert tiles > launcher.INTERPRETER_PROGRAMS, "too few tiles for the loop to wrap"
 
@@ -114,7 +114,7 @@ def test_a_misaligned_input_runs_by_pointers():
                            variant=lambda base, consts: config)
     [ran] = launches
     assert not (ran.config.tma or ran.config.persistent) and ran.walk == "taps"
-    assert ran.grid == (launcher.output_tiles(h * w, ran.constexprs, ran.config), 1)
+    assert ran.grid == (configs.output_tiles(h * w, ran.constexprs, ran.config), 1)
     assert_close_to_reference(out, reference(x, weight, bias, 1, 0, 1, 1),
                               rel_tol(torch.float16), "misaligned persistent")
 
